@@ -1,0 +1,97 @@
+"""`python -m hms_offline <command>`: the package's command line.
+
+Each command imports its module only when it runs, so `convert`, `score` and `synth`
+start without loading TensorFlow.
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from hms_offline.convert import convert_tree
+
+    convert_tree(args.src, args.dst, workers=args.workers)
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from hms_offline.synthetic import write_competition
+
+    write_competition(args.out, n_train=args.n_train, n_test=args.n_test, seed=args.seed)
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from hms_offline.metric import score_files
+
+    print(f"{score_files(args.solution, args.submission):.6f}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from hms_offline.inference import predict_competition
+
+    predict_competition(
+        data_dir=args.data_dir,
+        bundle_dir=args.bundle_dir,
+        output=args.output,
+        work_dir=args.work_dir,
+        batch_size=args.batch_size,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m hms_offline", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    convert = commands.add_parser("convert", help="parquet spectrograms / EEGs -> .npy")
+    convert.add_argument("--src", type=Path, required=True,
+                         help="a competition folder or a folder of parquet files")
+    convert.add_argument("--dst", type=Path, required=True, help="where the .npy files go")
+    convert.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
+    convert.set_defaults(handler=_convert)
+
+    synth = commands.add_parser("synth", help="write synthetic competition-shaped data")
+    synth.add_argument("--out", type=Path, required=True)
+    synth.add_argument("--n-train", type=int, default=200)
+    synth.add_argument("--n-test", type=int, default=20)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(handler=_synth)
+
+    score = commands.add_parser("score", help="KL divergence of a submission, Kaggle's metric")
+    score.add_argument("--solution", type=Path, required=True)
+    score.add_argument("--submission", type=Path, required=True)
+    score.set_defaults(handler=_score)
+
+    predict = commands.add_parser("predict", help="fold-ensemble inference -> submission.csv")
+    predict.add_argument("--data-dir", type=Path, required=True,
+                         help="competition folder: test.csv, sample_submission.csv, test_spectrograms/")
+    predict.add_argument("--bundle-dir", type=Path, required=True,
+                         help="folder holding weights_manifest.json")
+    predict.add_argument("--output", type=Path, default=Path("submission.csv"))
+    predict.add_argument("--work-dir", type=Path, default=None,
+                         help="scratch folder for converted spectrograms (default: a temp dir)")
+    predict.add_argument("--batch-size", type=int, default=16)
+    predict.set_defaults(handler=_predict)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    try:
+        return args.handler(args)
+    except (ValueError, FileNotFoundError) as error:
+        logging.getLogger("hms_offline").error("%s", error)
+        return 2

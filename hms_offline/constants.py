@@ -1,0 +1,52 @@
+"""Every fact about the competition's data in one place.
+
+Training, conversion, inference and the synthetic data generator all import these names;
+nothing else in the package spells a class, a column or a window size.
+"""
+
+from decimal import ROUND_HALF_UP, Decimal
+
+COMPETITION_SLUG = "hms-harmful-brain-activity-classification"
+
+CLASSES = ("seizure", "lpd", "gpd", "lrda", "grda", "other")
+VOTE_COLUMNS = tuple(f"{name}_vote" for name in CLASSES)
+# `expert_consensus` in train.csv spells the classes this way.
+CONSENSUS_NAMES = ("Seizure", "LPD", "GPD", "LRDA", "GRDA", "Other")
+ID_COLUMN = "eeg_id"
+
+EEG_CHANNELS = (
+    "Fp1", "F3", "C3", "P3", "F7", "T3", "T5", "O1", "Fz", "Cz",
+    "Pz", "Fp2", "F4", "C4", "P4", "F8", "T4", "T6", "O2", "EKG",
+)
+EEG_SAMPLE_RATE_HZ = 200
+
+SPECTROGRAM_REGIONS = ("LL", "RL", "LP", "RP")
+SPECTROGRAM_TIME_COLUMN = "time"
+SPECTROGRAM_STEP_SECONDS = 2
+N_FREQUENCIES = 100
+
+
+def _frequency_label(bin_index: int) -> str:
+    """Kaggle's column label for one frequency bin: (bin + 3) * 25/128 Hz, rounded half-up."""
+    value = (Decimal(bin_index + 3) * Decimal(25) / Decimal(128)).quantize(
+        Decimal("0.01"), rounding=ROUND_HALF_UP
+    )
+    return format(value.normalize(), "f")
+
+
+FREQUENCY_LABELS = tuple(_frequency_label(i) for i in range(N_FREQUENCIES))
+# The 400 value columns of a spectrogram parquet, in file order (after `time`).
+SPECTROGRAM_COLUMNS = tuple(
+    f"{region}_{freq}" for region in SPECTROGRAM_REGIONS for freq in FREQUENCY_LABELS
+)
+
+WINDOW_COLUMNS = 300  # 300 spectrogram columns = 10 minutes at 2 s per column
+IMAGE_HEIGHT = len(SPECTROGRAM_COLUMNS)  # 400
+IMAGE_WIDTH = WINDOW_COLUMNS
+IMAGE_CHANNELS = 3
+IMAGE_SHAPE = (IMAGE_HEIGHT, IMAGE_WIDTH, IMAGE_CHANNELS)
+
+# The starter's clip range before the log.
+LOG_CLIP_MIN_EXPONENT = -4.0
+LOG_CLIP_MAX_EXPONENT = 8.0
+STANDARDIZE_EPSILON = 1e-6
