@@ -1,0 +1,75 @@
+"""Architecture registry: keras-cv backbones built offline from explicit arguments.
+
+Every keras-cv `from_preset(...)`, even the architecture-only aliases such as
+`MobileNetV3LargeBackbone()`, downloads its config from Kaggle Models and fails with the
+internet off. So each backbone here is spelled out with the arguments of its preset.
+TensorFlow / keras / keras-cv are imported inside the functions, never at module import.
+"""
+
+from hms_offline.constants import CLASSES, IMAGE_SHAPE
+
+# keras-cv's "mobilenet_v3_large" preset, argument for argument.
+MOBILENETV3_LARGE_ARGS = dict(
+    stackwise_expansion=[1, 4, 3, 3, 3, 3, 6, 2.5, 2.3, 2.3, 6, 6, 6, 6, 6],
+    stackwise_filters=[16, 24, 24, 40, 40, 40, 80, 80, 80, 80, 112, 112, 160, 160, 160],
+    stackwise_kernel_size=[3, 3, 3, 5, 5, 5, 3, 3, 3, 3, 3, 3, 5, 5, 5],
+    stackwise_stride=[1, 2, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 2, 1, 1],
+    stackwise_se_ratio=[None] * 3 + [0.25] * 3 + [None] * 4 + [0.25] * 5,
+    stackwise_activation=["relu"] * 6 + ["hard_swish"] * 9,
+)
+
+# keras-cv's "efficientnetv2_b2" preset, argument for argument.
+EFFICIENTNETV2_B2_ARGS = dict(
+    width_coefficient=1.1,
+    depth_coefficient=1.2,
+    stackwise_kernel_sizes=[3] * 6,
+    stackwise_num_repeats=[1, 2, 2, 3, 5, 8],
+    stackwise_input_filters=[32, 16, 32, 48, 96, 112],
+    stackwise_output_filters=[16, 32, 48, 96, 112, 192],
+    stackwise_expansion_ratios=[1, 4, 4, 4, 6, 6],
+    stackwise_squeeze_and_excite_ratios=[0, 0, 0, 0.25, 0.25, 0.25],
+    stackwise_strides=[1, 2, 2, 2, 1, 2],
+    stackwise_conv_types=["fused"] * 3 + ["unfused"] * 3,
+)
+
+# arch name -> (keras_cv.models backbone class name, its explicit arguments)
+ARCHITECTURES = {
+    "mobilenetv3_large": ("MobileNetV3Backbone", MOBILENETV3_LARGE_ARGS),
+    "efficientnetv2_b2": ("EfficientNetV2Backbone", EFFICIENTNETV2_B2_ARGS),
+}
+
+
+def check_arch(arch: str) -> str:
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown arch {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+    return arch
+
+
+def build_backbone(arch: str, input_shape=IMAGE_SHAPE, include_rescaling: bool = True):
+    """The backbone, randomly initialised, with no network access.
+
+    `include_rescaling=True` (the starter's preset default) puts a Rescaling(1/255) layer
+    first; it is recorded with the weights because the weights depend on it.
+    """
+    import keras_cv
+
+    class_name, args = ARCHITECTURES[check_arch(arch)]
+    backbone_class = getattr(keras_cv.models, class_name)
+    return backbone_class(
+        **args, include_rescaling=include_rescaling, input_shape=tuple(input_shape)
+    )
+
+
+def build_model(
+    arch: str,
+    num_classes: int = len(CLASSES),
+    input_shape=IMAGE_SHAPE,
+    include_rescaling: bool = True,
+):
+    """A `keras_cv.models.ImageClassifier` (global average pool + softmax head) on `arch`."""
+    import keras_cv
+
+    backbone = build_backbone(arch, input_shape=input_shape, include_rescaling=include_rescaling)
+    return keras_cv.models.ImageClassifier(
+        backbone=backbone, num_classes=num_classes, activation="softmax"
+    )

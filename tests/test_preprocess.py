@@ -1,0 +1,72 @@
+import math
+
+import numpy as np
+import pytest
+
+from hms_offline.constants import IMAGE_SHAPE
+from hms_offline.preprocess import cut_window, log_standardize, model_input, window_start
+
+
+def columns_spectrogram(values) -> np.ndarray:
+    """A [400, T] spectrogram whose column t holds values[t] in every row."""
+    return np.tile(np.asarray(values, dtype=np.float32), (400, 1))
+
+
+def test_window_start_follows_the_starter_and_centres_without_offset():
+    assert window_start(690, 60.0) == 30
+    assert window_start(690, 61.0) == 30  # offset // 2, as the starter
+    assert window_start(690, 0.0) == 0
+    assert window_start(300, None) == 0
+    assert window_start(310, None) == 5
+    assert window_start(311, None) == 5
+    assert window_start(100, None) == 0
+    with pytest.raises(ValueError, match="offset_seconds"):
+        window_start(690, -2.0)
+
+
+def test_cut_window_right_pads_with_zeros():
+    spec = columns_spectrogram(np.arange(1, 11))  # columns hold 1..10
+    window = cut_window(spec, offset_seconds=4.0)  # starts at column 2
+    assert window.shape == (400, 300)
+    np.testing.assert_array_equal(window[0, :8], [3, 4, 5, 6, 7, 8, 9, 10])
+    assert not window[:, 8:].any()
+
+
+def test_cut_window_centres_a_long_recording_and_keeps_a_300_column_one_whole():
+    long = columns_spectrogram(np.arange(320))
+    np.testing.assert_array_equal(cut_window(long)[0], np.arange(10, 310))
+    exact = columns_spectrogram(np.arange(300))
+    np.testing.assert_array_equal(cut_window(exact), exact)
+
+
+def test_cut_window_rejects_a_wrong_shape():
+    with pytest.raises(ValueError, match=r"\[400, T\]"):
+        cut_window(np.zeros((300, 400), dtype=np.float32))
+
+
+def test_model_input_matches_a_hand_computation():
+    # Column values 7 (skipped by the offset), 1, e^2, 1e6; offset 2 s -> start at column 1.
+    spec = columns_spectrogram([7.0, 1.0, math.exp(2.0), 1e6])
+    out = model_input(spec, offset_seconds=2.0)
+    # After clip + log the window's columns are 0, 2, 8 (1e6 clipped to e^8), then 297
+    # zero-padded columns clipped to e^-4 -> -4.
+    logs = [0.0, 2.0, 8.0] + [-4.0] * 297
+    mean = sum(logs) / 300  # -1178 / 300
+    std = math.sqrt(sum((v - mean) ** 2 for v in logs) / 300)
+    expected = [(v - mean) / (std + 1e-6) for v in logs]
+    assert out.shape == IMAGE_SHAPE
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out[0, :, 0], expected, rtol=0, atol=2e-5)
+    np.testing.assert_array_equal(out[123, :, 1], out[0, :, 0])  # every row the same here
+    np.testing.assert_array_equal(out[..., 0], out[..., 2])  # three identical channels
+    assert math.isclose(mean, -3.9266666, abs_tol=1e-6) and math.isclose(std, 0.8049569, abs_tol=1e-6)
+
+
+def test_a_constant_window_standardises_to_zero_not_nan():
+    out = model_input(np.zeros((400, 300), dtype=np.float32))
+    assert np.isfinite(out).all() and not out.any()
+
+
+def test_an_offset_past_the_end_gives_a_padded_window():
+    out = model_input(columns_spectrogram(np.ones(10)), offset_seconds=1000.0)
+    assert out.shape == IMAGE_SHAPE and not out.any()
