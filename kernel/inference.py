@@ -85,9 +85,17 @@ def installed_version(name: str) -> str | None:
         return None
 
 
+def needs_install(package: dict) -> bool:
+    """Missing, or at another version unless the lock says to keep any installed version
+    (`install_if: missing`, for packages whose replacement could break the image's own)."""
+    installed = installed_version(package["name"])
+    if installed is None:
+        return True
+    return package.get("install_if", "missing_or_different") != "missing" and installed != package["version"]
+
+
 def wheels_to_install(lock: dict) -> list[dict]:
-    """Lock entries whose package is missing or installed at another version."""
-    return [pkg for pkg in lock["packages"] if installed_version(pkg["name"]) != pkg["version"]]
+    return [package for package in lock["packages"] if needs_install(package)]
 
 
 def pip_install(wheel_dir: Path, files: list[str]) -> subprocess.CompletedProcess:

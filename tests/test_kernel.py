@@ -50,8 +50,12 @@ def test_only_missing_or_other_version_wheels_are_installed(kernel):
         {"name": "numpy", "version": __import__("numpy").__version__, "file": "numpy.whl"},
         {"name": "pandas", "version": "0.0.1", "file": "pandas-0.0.1.whl"},
         {"name": "surely-not-installed-pkg", "version": "1.0", "file": "s.whl"},
+        {"name": "pyarrow", "version": "0.0.1", "file": "pyarrow-0.0.1.whl", "install_if": "missing"},
+        {"name": "another-missing-pkg", "version": "1.0", "file": "a.whl", "install_if": "missing"},
     ]}
-    assert [p["name"] for p in kernel.wheels_to_install(lock)] == ["pandas", "surely-not-installed-pkg"]
+    assert [p["name"] for p in kernel.wheels_to_install(lock)] == [
+        "pandas", "surely-not-installed-pkg", "another-missing-pkg"
+    ]
 
 
 def test_without_a_lock_file_nothing_is_installed(kernel, tmp_path):
