@@ -108,3 +108,19 @@ def test_kernel_refuses_a_bundle_without_models(synthetic_competition, tmp_path)
     assert result.returncode != 0
     assert "lists no models" in result.stdout + result.stderr
     assert not (tmp_path / "submission.csv").exists()
+
+
+def test_predict_command_reports_a_bad_bundle_clearly(synthetic_competition, tmp_path):
+    import subprocess
+
+    from hms_offline.manifest import write_manifest
+
+    write_manifest(Manifest(models=[]), tmp_path / "weights_manifest.json")
+    result = subprocess.run(
+        [sys.executable, "-m", "hms_offline", "predict", "--data-dir", str(synthetic_competition),
+         "--bundle-dir", str(tmp_path), "--output", str(tmp_path / "submission.csv")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    assert "lists no models" in result.stderr
+    assert not (tmp_path / "submission.csv").exists()
