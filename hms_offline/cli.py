@@ -44,6 +44,22 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from hms_offline.config import TrainConfig
+    from hms_offline.train import train
+
+    train(TrainConfig.from_arguments(args))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from hms_offline.report import compare_runs
+
+    table = compare_runs(args.runs, args.out, speed_images=args.speed_images, speed_batch_size=args.speed_batch_size)
+    print(table.to_string(index=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m hms_offline", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -78,6 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
                          help="scratch folder for converted spectrograms (default: a temp dir)")
     predict.add_argument("--batch-size", type=int, default=16)
     predict.set_defaults(handler=_predict)
+
+    from hms_offline.config import add_arguments
+
+    train = commands.add_parser("train", help="train fold models of one architecture (resumable)")
+    add_arguments(train)
+    train.set_defaults(handler=_train)
+
+    report = commands.add_parser("report", help="compare trained runs side by side")
+    report.add_argument("runs", type=Path, nargs="+", help="run folders written by `train`")
+    report.add_argument("--out", type=Path, required=True, help="where comparison.{md,csv,png} go")
+    report.add_argument("--speed-images", type=int, default=32,
+                        help="random images per arch for the inference images/s measurement (0: skip)")
+    report.add_argument("--speed-batch-size", type=int, default=8)
+    report.set_defaults(handler=_report)
 
     return parser
 

@@ -6,6 +6,9 @@ internet off. So each backbone here is spelled out with the arguments of its pre
 TensorFlow / keras / keras-cv are imported inside the functions, never at module import.
 """
 
+import json
+from pathlib import Path
+
 from hms_offline.constants import CLASSES, IMAGE_SHAPE
 
 # keras-cv's "mobilenet_v3_large" preset, argument for argument.
@@ -60,16 +63,50 @@ def build_backbone(arch: str, input_shape=IMAGE_SHAPE, include_rescaling: bool =
     )
 
 
+def load_pretrained_backbone(
+    arch: str, preset_dir, input_shape=IMAGE_SHAPE, include_rescaling: bool = True
+):
+    """The backbone of `arch` with the weights of a local keras-cv preset folder.
+
+    `preset_dir` holds `config.json` + `model.weights.h5`, as written by keras-cv's
+    `save_to_preset` or as an attached Kaggle Model (e.g. efficientnetv2_b2_imagenet)
+    unpacks. keras-cv reads an existing local path directly; the path is made absolute
+    so it can never be mistaken for a preset name, which would be downloaded.
+    """
+    import keras_cv
+
+    folder = Path(preset_dir).expanduser().resolve()
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"pretrained backbone: {folder / 'config.json'} not found (a local keras-cv preset folder)")
+    class_name, args = ARCHITECTURES[check_arch(arch)]
+    backbone_class = getattr(keras_cv.models, class_name)
+    backbone = backbone_class.from_preset(
+        str(folder), load_weights=True, input_shape=tuple(input_shape), include_rescaling=include_rescaling
+    )
+    # The kernel rebuilds `arch` from the registry: a preset of another shape would train
+    # weights it cannot load.
+    config = json.loads(json.dumps(backbone.get_config()))
+    differing = [key for key, value in json.loads(json.dumps(args)).items() if config.get(key) != value]
+    if differing:
+        raise ValueError(f"pretrained backbone {folder} is not {arch}: its {', '.join(differing)} differ")
+    return backbone
+
+
 def build_model(
     arch: str,
     num_classes: int = len(CLASSES),
     input_shape=IMAGE_SHAPE,
     include_rescaling: bool = True,
+    pretrained=None,
 ):
-    """A `keras_cv.models.ImageClassifier` (global average pool + softmax head) on `arch`."""
+    """A `keras_cv.models.ImageClassifier` (global average pool + softmax head) on `arch`,
+    randomly initialised, or with its backbone from the local preset folder `pretrained`."""
     import keras_cv
 
-    backbone = build_backbone(arch, input_shape=input_shape, include_rescaling=include_rescaling)
+    if pretrained is None:
+        backbone = build_backbone(arch, input_shape=input_shape, include_rescaling=include_rescaling)
+    else:
+        backbone = load_pretrained_backbone(arch, pretrained, input_shape, include_rescaling)
     return keras_cv.models.ImageClassifier(
         backbone=backbone, num_classes=num_classes, activation="softmax"
     )
