@@ -48,7 +48,7 @@ def parse_folds(text: str) -> list[int] | None:
     try:
         folds = sorted({int(part) for part in text.split(",") if part.strip()})
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--folds takes 'all' or fold numbers like '0,2', got {text!r}")
+        raise argparse.ArgumentTypeError(f"--folds takes 'all' or fold numbers like '0,2', got {text!r}") from None
     if not folds:
         raise argparse.ArgumentTypeError("--folds is empty")
     return folds

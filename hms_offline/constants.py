@@ -14,11 +14,28 @@ VOTE_COLUMNS = tuple(f"{name}_vote" for name in CLASSES)
 CONSENSUS_NAMES = ("Seizure", "LPD", "GPD", "LRDA", "GRDA", "Other")
 ID_COLUMN = "eeg_id"
 
+# Column layout of the competition's CSVs.
+TRAIN_COLUMNS = (
+    ID_COLUMN,
+    "eeg_sub_id",
+    "eeg_label_offset_seconds",
+    "spectrogram_id",
+    "spectrogram_sub_id",
+    "spectrogram_label_offset_seconds",
+    "label_id",
+    "patient_id",
+    "expert_consensus",
+    *VOTE_COLUMNS,
+)
+TEST_COLUMNS = ("spectrogram_id", ID_COLUMN, "patient_id")
+SUBMISSION_COLUMNS = (ID_COLUMN, *VOTE_COLUMNS)
+
 EEG_CHANNELS = (
     "Fp1", "F3", "C3", "P3", "F7", "T3", "T5", "O1", "Fz", "Cz",
     "Pz", "Fp2", "F4", "C4", "P4", "F8", "T4", "T6", "O2", "EKG",
 )
 EEG_SAMPLE_RATE_HZ = 200
+EEG_WINDOW_SECONDS = 50  # an expert labels a 50 s EEG window; a test EEG file is one
 
 SPECTROGRAM_REGIONS = ("LL", "RL", "LP", "RP")
 SPECTROGRAM_TIME_COLUMN = "time"

@@ -10,16 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hms_offline.constants import CONSENSUS_NAMES, ID_COLUMN, VOTE_COLUMNS
+from hms_offline.constants import CONSENSUS_NAMES, ID_COLUMN, TRAIN_COLUMNS, VOTE_COLUMNS
 
-REQUIRED_COLUMNS = (
-    ID_COLUMN,
-    "spectrogram_id",
-    "spectrogram_label_offset_seconds",
-    "label_id",
-    "patient_id",
-    "expert_consensus",
-    *VOTE_COLUMNS,
+# What training reads of train.csv (the eeg_/spectrogram_sub_id columns it does not need).
+REQUIRED_COLUMNS = tuple(
+    column for column in TRAIN_COLUMNS
+    if column not in ("eeg_sub_id", "eeg_label_offset_seconds", "spectrogram_sub_id")
 )
 
 

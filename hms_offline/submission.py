@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 
 from hms_offline.atomic import atomic_output
-from hms_offline.constants import ID_COLUMN, VOTE_COLUMNS
+from hms_offline.constants import ID_COLUMN, SUBMISSION_COLUMNS, VOTE_COLUMNS
 
 SUM_TOLERANCE = 1e-6
-TEST_COLUMNS = ("spectrogram_id", ID_COLUMN)
+REQUIRED_TEST_COLUMNS = ("spectrogram_id", ID_COLUMN)  # patient_id is not needed to predict
 
 
 def read_csv_checked(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
@@ -31,15 +31,15 @@ def read_csv_checked(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
 
 
 def read_sample_submission(path: Path) -> pd.DataFrame:
-    frame = read_csv_checked(path, (ID_COLUMN, *VOTE_COLUMNS))
-    expected = [ID_COLUMN, *VOTE_COLUMNS]
+    frame = read_csv_checked(path, SUBMISSION_COLUMNS)
+    expected = list(SUBMISSION_COLUMNS)
     if list(frame.columns) != expected:
         raise ValueError(f"{path}: columns {list(frame.columns)}, expected exactly {expected}")
     return frame
 
 
 def read_test_rows(path: Path) -> pd.DataFrame:
-    return read_csv_checked(path, TEST_COLUMNS)
+    return read_csv_checked(path, REQUIRED_TEST_COLUMNS)
 
 
 def mean_by_eeg_id(eeg_ids: np.ndarray, probabilities: np.ndarray) -> pd.DataFrame:

@@ -59,12 +59,16 @@ from hms_offline.constants import (
     CONSENSUS_NAMES,
     EEG_CHANNELS,
     EEG_SAMPLE_RATE_HZ,
+    EEG_WINDOW_SECONDS,
     ID_COLUMN,
     N_FREQUENCIES,
     SPECTROGRAM_COLUMNS,
     SPECTROGRAM_REGIONS,
     SPECTROGRAM_STEP_SECONDS,
     SPECTROGRAM_TIME_COLUMN,
+    SUBMISSION_COLUMNS,
+    TEST_COLUMNS,
+    TRAIN_COLUMNS,
     VOTE_COLUMNS,
     WINDOW_COLUMNS,
 )
@@ -72,23 +76,6 @@ from hms_offline.preprocess import window_start
 
 log = logging.getLogger(__name__)
 
-# Column layout of the competition's CSVs (only the generator writes them).
-TRAIN_COLUMNS = (
-    ID_COLUMN,
-    "eeg_sub_id",
-    "eeg_label_offset_seconds",
-    "spectrogram_id",
-    "spectrogram_sub_id",
-    "spectrogram_label_offset_seconds",
-    "label_id",
-    "patient_id",
-    "expert_consensus",
-    *VOTE_COLUMNS,
-)
-TEST_COLUMNS = ("spectrogram_id", ID_COLUMN, "patient_id")
-SUBMISSION_COLUMNS = (ID_COLUMN, *VOTE_COLUMNS)
-
-EEG_WINDOW_SECONDS = 50  # an expert labels a 50 s EEG window
 EEG_WINDOW_ROWS = EEG_WINDOW_SECONDS * EEG_SAMPLE_RATE_HZ  # 10,000: a test EEG file
 
 MARKER_NAME = ".hms_synthetic.json"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from hms_offline.constants import IMAGE_SHAPE
-from hms_offline.preprocess import cut_window, log_standardize, model_input, window_start
+from hms_offline.preprocess import cut_window, model_input, window_start
 
 
 def columns_spectrogram(values) -> np.ndarray:
