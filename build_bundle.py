@@ -23,16 +23,34 @@ Both folders are built in a temporary folder inside --out and renamed into place
 end: a failed build leaves the previous dist as it was. Two builds from the same inputs
 give byte-identical files; only BUNDLE.json's `built_at` differs.
 
+    python build_bundle.py --verify DIST [--verify-data DIR] [--kaggle-base .venv-kaggle-base]
+
+runs the kernel built in DIST on sample test data (default: a small synthetic competition)
+with the network blocked, in a fresh venv layered on the Kaggle-base venv (only what
+Kaggle's image surely has: tensorflow, numpy, pandas, pyarrow, scikit-learn; no keras-cv,
+no hms_offline), so the kernel must install them from the bundle. The wheels are swapped
+for the same pins built for the local Python; the built dataset itself is not touched. It
+checks the submission against sample_submission.csv and scores it when the data has a
+test_solution.csv.
+
+    python build_bundle.py --demo
+
+the whole product on a fresh machine, in runs/demo/: synthetic data, a small fold ensemble
+of both architectures trained with `python -m hms_offline train`, the bundle (Kaggle user
+"demo"), its verification, and the submission's KL beside the class-prior baseline's.
+
 Only the standard library is imported here, so it starts fast and runs anywhere.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shlex
@@ -806,6 +824,452 @@ def wait_until_dataset_ready(dataset_id: str) -> None:
         time.sleep(DATASET_READY_POLL_SECONDS)
 
 
+# ----------------------------------------------------------------------------- verify
+
+# The environment Kaggle's base image is sure to provide, made once by `make kaggle-base`:
+# Python with tensorflow (and the keras it requires), numpy, pandas, pyarrow and
+# scikit-learn; no keras-cv, no hms_offline. Every verification puts a fresh, throwaway
+# venv on top of it, so the base itself is never changed.
+DEFAULT_KAGGLE_BASE = REPO_ROOT / ".venv-kaggle-base"
+KAGGLE_BASE_SETUP = "make kaggle-base"
+# The sample test data --verify generates when no --verify-data is given.
+VERIFY_SYNTHETIC = {"n_train": 6, "n_test": 8, "seed": 0}
+# What only the bundle's wheels provide: absent from the fresh environment before the
+# kernel runs (else the verification would prove nothing), installed into it after.
+MODULES_FROM_THE_BUNDLE = ("keras_cv", "hms_offline")
+SUM_TOLERANCE = 1e-6
+KERNEL_TIMEOUT_SECONDS = 60 * 60
+KERNEL_SUMMARY_RULE = "=" * 60  # kernel/inference.py prints its summary below this line
+
+SOCKET_GUARD = '''\
+"""Written by build_bundle.py --verify: any attempt to open a network connection raises."""
+import socket
+
+
+def _refuse(*args, **kwargs):
+    raise OSError("network access blocked by build_bundle.py --verify")
+
+
+socket.socket.connect = _refuse
+socket.socket.connect_ex = _refuse
+socket.create_connection = _refuse
+socket.getaddrinfo = _refuse
+'''
+
+
+def local_target(python_version: str) -> Target:
+    """The wheels this machine's own CPython runs: what the local verification installs."""
+    if not sys.platform.startswith("linux"):
+        raise BundleError(f"--verify runs the kernel as Kaggle does, on Linux; this machine is {sys.platform}")
+    return parse_target(python_version, f"manylinux2014_{os.uname().machine}")
+
+
+def ask_python(python: Path, expression: str):
+    """The JSON value of `expression` in another interpreter, in isolated mode (no PYTHON*
+    variables, no user site, no current folder on sys.path)."""
+    code = f"import importlib.util, json, sys, sysconfig; print(json.dumps({expression}))"
+    return json.loads(run([str(python), "-I", "-c", code], quiet=True, what=f"running {python}").stdout)
+
+
+def python_version_of(python: Path) -> str:
+    return ask_python(python, "'%d.%d' % sys.version_info[:2]")
+
+
+def site_packages_of(python: Path) -> list[str]:
+    return ask_python(python, "sorted({sysconfig.get_path('purelib'), sysconfig.get_path('platlib')})")
+
+
+def module_origins(python: Path, modules: tuple[str, ...] = MODULES_FROM_THE_BUNDLE) -> dict[str, str | None]:
+    """Where each top-level module would be imported from (None: not importable); nothing is imported."""
+    return ask_python(python, f"{{name: getattr(importlib.util.find_spec(name), 'origin', None) for name in {list(modules)!r}}}")
+
+
+def kaggle_base_python(kaggle_base: Path) -> Path:
+    python = kaggle_base / "bin" / "python"
+    if not python.is_file():
+        raise BundleError(f"no Kaggle-base environment at {kaggle_base}: create it once (needs PyPI) with "
+                          f"`{KAGGLE_BASE_SETUP}` (a venv with only tensorflow-cpu, numpy, pandas, pyarrow, scikit-learn)")
+    return python
+
+
+def make_fresh_env(base_python: Path, folder: Path) -> Path:
+    """A new venv whose site-packages also holds the base's (a .pth file) and that installs
+    into its own: pip sees the base's packages as installed, a wheel of another version
+    shadows the base's copy without uninstalling it, and the base stays as it was. Its pip
+    is the base's (--without-pip), as on Kaggle. Returns its python."""
+    run([str(base_python), "-m", "venv", "--without-pip", str(folder)], quiet=True,
+        what="creating the fresh environment")
+    python = folder / "bin" / "python"
+    lines = [f"import site; site.addsitedir({path!r})\n" for path in site_packages_of(base_python)]
+    (Path(site_packages_of(python)[0]) / "kaggle_base.pth").write_text("".join(lines), encoding="utf-8")
+    return python
+
+
+def require_absent_before_install(python: Path) -> None:
+    present = {name: origin for name, origin in module_origins(python).items() if origin}
+    if present:
+        raise BundleError(f"the fresh environment already imports {present} before the kernel installs anything: "
+                          f"the Kaggle-base environment must hold neither keras-cv nor hms_offline "
+                          f"(recreate it: rm -rf .venv-kaggle-base && {KAGGLE_BASE_SETUP})")
+
+
+def require_installed_from_bundle(python: Path, env: Path) -> None:
+    elsewhere = {name: origin for name, origin in module_origins(python).items()
+                 if not origin or not Path(origin).resolve().is_relative_to(env.resolve())}
+    if elsewhere:
+        raise BundleError(f"after the kernel ran, these are not installed in the fresh environment {env}: {elsewhere}",
+                          exit_code=1)
+
+
+def find_built_bundle(dist: Path, slug: str) -> tuple[Path, Path]:
+    """The dataset folder (the one holding wheels/lock.json) and kernel/inference.py of a build in `dist`."""
+    kernel = dist / "kernel" / "inference.py"
+    datasets = sorted(lock.parent.parent for lock in dist.glob("*/wheels/lock.json"))
+    if not kernel.is_file() or not datasets:
+        raise BundleError(f"{dist} holds no built bundle (kernel/inference.py and <dataset>/wheels/lock.json): "
+                          f"build one first with python build_bundle.py --kaggle-user USER --out {dist}")
+    if len(datasets) > 1:
+        datasets = [dataset for dataset in datasets if dataset.name == slug]
+        if not datasets:
+            raise BundleError(f"{dist} holds several datasets; name one with --dataset-slug")
+    return datasets[0], kernel
+
+
+def bundle_for_local_python(dataset: Path, copy: Path, wheels: dict[str, Path], target: Target) -> None:
+    """A copy of the built dataset whose pinned wheels are the same pins for this machine's
+    Python, with lock.json regenerated for them; weights, manifest and the hms_offline wheel
+    (pure Python) as built."""
+    shutil.copytree(dataset, copy)
+    wheel_dir = copy / "wheels"
+    lock = json.loads((wheel_dir / "lock.json").read_text(encoding="utf-8"))
+    package = canonical_name(PACKAGE)
+    package_wheels = [wheel_dir / p["file"] for p in lock["packages"] if p["name"] == package]
+    if len(package_wheels) != 1:
+        raise BundleError(f"{dataset / 'wheels' / 'lock.json'} lists no single {package} wheel: not a build of build_bundle.py")
+    for pinned in (p for p in lock["packages"] if p["name"] != package):
+        (wheel_dir / pinned["file"]).unlink()
+    local = []
+    for cached in wheels.values():
+        shutil.copyfile(cached, wheel_dir / cached.name)
+        local.append(wheel_dir / cached.name)
+    write_json(wheel_dir / "lock.json", wheel_lock(local + package_wheels, target))
+
+
+def unshare_works() -> bool:
+    return shutil.which("unshare") is not None and subprocess.run(
+        ["unshare", "-rn", "true"], capture_output=True).returncode == 0
+
+
+def offline_environment(guard_dir: Path) -> dict[str, str]:
+    """The caller's variables without those that reach outside the bundle (PYTHON*, PIP_*, an
+    active virtualenv), plus the socket guard; pip reads no configuration file."""
+    kept = {name: value for name, value in os.environ.items()
+            if not name.startswith(("PYTHON", "PIP_")) and name != "VIRTUAL_ENV"}
+    return {**kept, "PYTHONPATH": str(guard_dir), "PYTHONNOUSERSITE": "1", "PIP_CONFIG_FILE": os.devnull,
+            "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+@dataclass(frozen=True)
+class NetworkBlock:
+    """How verification runs are cut off from the network: a network namespace without
+    interfaces (`unshare -rn`) where the machine allows it, and always a socket guard
+    (a sitecustomize.py on PYTHONPATH) that makes every Python connection attempt raise."""
+
+    guard_dir: Path
+    namespace: bool
+
+    @classmethod
+    def install(cls, guard_dir: Path) -> "NetworkBlock":
+        guard_dir.mkdir(parents=True, exist_ok=True)
+        (guard_dir / "sitecustomize.py").write_text(SOCKET_GUARD, encoding="utf-8")
+        return cls(guard_dir, unshare_works())
+
+    def describe(self) -> str:
+        if self.namespace:
+            return "network namespace without interfaces (unshare -rn) + socket guard"
+        return "socket guard only (unshare -rn is not permitted on this machine)"
+
+    def run(self, command: list[str], cwd: Path, timeout: float = KERNEL_TIMEOUT_SECONDS) -> subprocess.CompletedProcess:
+        prefix = ["unshare", "-rn"] if self.namespace else []
+        LOG.debug("running offline: %s", shlex.join(prefix + command))
+        try:
+            return subprocess.run(prefix + command, cwd=cwd, env=offline_environment(self.guard_dir), text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+        except subprocess.TimeoutExpired as error:
+            raise BundleError(f"{shlex.join(command)} did not finish within {timeout:.0f} s", exit_code=1) from error
+
+
+def synthesize_competition(folder: Path, *, n_train: int, n_test: int, seed: int) -> Path:
+    """A synthetic, competition-shaped folder (python -m hms_offline synth, from this repo)."""
+    LOG.info("generating synthetic competition data in %s (%d train rows, %d test rows, seed %d)",
+             folder, n_train, n_test, seed)
+    run([sys.executable, "-m", PACKAGE, "synth", "--out", str(folder), "--n-train", str(n_train),
+         "--n-test", str(n_test), "--seed", str(seed)], quiet=True, cwd=REPO_ROOT,
+        what=f"generating synthetic data with {sys.executable} -m {PACKAGE} synth (or pass --verify-data DIR)")
+    return folder
+
+
+def check_test_data(data: Path) -> None:
+    missing = [name for name in ("test.csv", "sample_submission.csv", "test_spectrograms") if not (data / name).exists()]
+    if missing:
+        raise BundleError(f"--verify-data {data} is not a competition-shaped folder: it lacks {', '.join(missing)}")
+
+
+def read_csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        raise BundleError(f"{path} is empty", exit_code=1)
+    return rows[0], rows[1:]
+
+
+def row_problem(row: list[str], width: int) -> str | None:
+    """Why Kaggle would refuse this submission row, or None."""
+    if len(row) != width:
+        return f"{len(row)} fields, expected {width}"
+    try:
+        values = [float(value) for value in row[1:]]
+    except ValueError:
+        return f"not a number among {row[1:]}"
+    if not all(math.isfinite(value) for value in values):
+        return f"not finite: {row[1:]}"
+    if not all(0 <= value <= 1 for value in values):
+        return f"a probability outside [0, 1]: {row[1:]}"
+    total = math.fsum(values)
+    if abs(total - 1) > SUM_TOLERANCE:
+        return f"sums to {total!r}, not 1 (within {SUM_TOLERANCE:g})"
+    return None
+
+
+def submission_problems(submission: Path, sample: Path) -> list[str]:
+    """Everything that would make Kaggle refuse the submission: columns other than
+    sample_submission.csv's, rows missing, extra or in another order, values not finite,
+    outside [0, 1] or not summing to 1."""
+    header, rows = read_csv_rows(submission)
+    expected_header, expected_rows = read_csv_rows(sample)
+    problems = []
+    if header != expected_header:
+        problems.append(f"columns {header}, but sample_submission.csv has {expected_header}")
+    ids, expected_ids = [row[0] for row in rows], [row[0] for row in expected_rows]
+    if ids != expected_ids:
+        first = next((i for i, (a, b) in enumerate(zip(ids, expected_ids)) if a != b), min(len(ids), len(expected_ids)))
+        problems.append(f"{len(ids)} rows where sample_submission.csv has {len(expected_ids)}; the ids first differ "
+                        f"at data row {first + 1}")
+    problems += [f"line {line}: {problem}" for line, row in enumerate(rows, start=2)
+                 if (problem := row_problem(row, len(expected_header)))]
+    return problems
+
+
+def check_submission(submission: Path, sample: Path) -> int:
+    """The number of rows of a valid submission; a BundleError listing what is wrong otherwise."""
+    if not submission.is_file():
+        raise BundleError(f"the kernel wrote no {submission}", exit_code=1)
+    problems = submission_problems(submission, sample)
+    if problems:
+        listed = "\n  ".join(problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else []))
+        raise BundleError(f"the submission {submission} would be refused by Kaggle:\n  {listed}", exit_code=1)
+    return len(read_csv_rows(submission)[1])
+
+
+def score_command(python: Path, solution: Path, submission: Path) -> list[str]:
+    return [str(python), "-m", PACKAGE, "score", "--solution", str(solution), "--submission", str(submission)]
+
+
+def parse_score(output: str) -> float:
+    return float(output.strip().splitlines()[-1])
+
+
+@dataclass
+class Verification:
+    submission: Path
+    rows: int
+    kl: float | None  # against the data's test_solution.csv, when it has one
+    kernel_summary: str
+    network_block: str
+    seconds: float
+
+
+def kernel_summary(output: str) -> str:
+    """What kernel/inference.py prints after its rule line (its whole output if there is none)."""
+    _, rule, summary = output.rpartition(KERNEL_SUMMARY_RULE)
+    return summary.strip() if rule else output.strip()
+
+
+def run_kernel(python: Path, work: Path, data: Path, block: NetworkBlock) -> str:
+    result = block.run([str(python), str(work / KERNEL_SCRIPT), "--data-dir", str(data), "--bundle-dir",
+                        str(work / "bundle"), "--output", str(work / "submission.csv"),
+                        "--work-dir", str(work / "kernel-work")], cwd=work)
+    if result.returncode != 0:
+        raise BundleError(f"the kernel failed offline (exit code {result.returncode}); its last output:\n"
+                          f"{result.stdout[-6000:]}", exit_code=1)
+    return result.stdout
+
+
+def verify_bundle(dist: Path, work: Path, *, data_dir: Path | None, kaggle_base: Path, wheel_cache: Path,
+                  offline: bool, dataset_slug: str) -> Verification:
+    """Run the built kernel on sample test data in a fresh environment that holds only the
+    Kaggle base (no keras-cv, no hms_offline), network blocked; check the submission."""
+    started = time.monotonic()
+    dataset, kernel_script = find_built_bundle(dist, dataset_slug)
+    base_python = kaggle_base_python(kaggle_base)
+    target = local_target(python_version_of(base_python))
+    wheels = ensure_cached_wheels(wheel_cache, target, offline=offline)
+    work.mkdir(parents=True, exist_ok=True)
+    LOG.info("verifying %s: a copy with the wheels for CPython %s, in %s", dataset, target.python_version, work)
+    bundle_for_local_python(dataset, work / "bundle", wheels, target)
+    (work / KERNEL_SCRIPT).parent.mkdir()
+    shutil.copyfile(kernel_script, work / KERNEL_SCRIPT)
+    data = data_dir.resolve() if data_dir else synthesize_competition(work / "data", **VERIFY_SYNTHETIC)
+    check_test_data(data)
+    python = make_fresh_env(base_python, work / "env")
+    require_absent_before_install(python)
+    block = NetworkBlock.install(work / "offline_guard")
+    LOG.info("running the kernel in a fresh environment on %s, offline (%s)", kaggle_base, block.describe())
+    output = run_kernel(python, work, data, block)
+    require_installed_from_bundle(python, work / "env")
+    submission = work / "submission.csv"
+    rows = check_submission(submission, data / "sample_submission.csv")
+    kl = None
+    if (data / "test_solution.csv").is_file():
+        scored = block.run(score_command(python, data / "test_solution.csv", submission), cwd=work)
+        if scored.returncode != 0:
+            raise BundleError(f"scoring the submission failed:\n{scored.stdout[-3000:]}", exit_code=1)
+        kl = parse_score(scored.stdout)
+    return Verification(submission, rows, kl, kernel_summary(output), block.describe(), time.monotonic() - started)
+
+
+def submission_head(path: Path, rows: int = 5) -> str:
+    with open(path, encoding="utf-8") as handle:
+        return "".join(line for _, line in zip(range(rows + 1), handle)).rstrip("\n")
+
+
+def print_verification(result: Verification) -> None:
+    print("Kernel summary (fresh environment on the Kaggle base, wheels from the bundle):")
+    print("  " + result.kernel_summary.replace("\n", "\n  "))
+    print(f"Verified offline ({result.network_block}) in {result.seconds:.0f} s: keras_cv and hms_offline were "
+          f"absent before the kernel installed them from the bundle; the submission has {result.rows} row(s) with the "
+          f"columns and row order of sample_submission.csv, finite values in [0, 1], rows summing to 1 "
+          f"(within {SUM_TOLERANCE:g}).")
+    print("Head of the submission:")
+    print("  " + submission_head(result.submission).replace("\n", "\n  "))
+    if result.kl is not None:
+        print(f"KL divergence against test_solution.csv: {result.kl:.6f}")
+
+
+# ----------------------------------------------------------------------------- demo
+
+DEMO_DIR = REPO_ROOT / "runs" / "demo"
+DEMO_KAGGLE_USER = "demo"
+DEMO_SYNTHETIC = {"n_train": 160, "n_test": 16, "seed": 0}
+# Small on purpose, to take minutes on 2 CPU cores: a few short epochs of small batches,
+# 2 folds of MobileNetV3 Large and 1 of the much slower EfficientNetV2 B2. So few steps need
+# what the full recipe does not: a higher peak learning rate, a BatchNormalization momentum
+# whose moving statistics settle within them, no MixUp or masking (they slow learning down).
+DEMO_TRAINING = ("--n-splits", "2", "--batch-size", "8", "--warmup-epochs", "0.5", "--peak-learning-rate", "1e-3",
+                 "--bn-momentum", "0.5", "--mixup-p", "0", "--time-mask-p", "0", "--freq-mask-p", "0",
+                 "--progress", "epoch")
+DEMO_RUNS = {
+    "mobilenetv3_large": ("--folds", "all", "--epochs", "4", "--steps-per-epoch", "8"),
+    "efficientnetv2_b2": ("--folds", "0", "--epochs", "2", "--steps-per-epoch", "4"),
+}
+FOLDS_NAME = "folds.csv"
+CV_NAME = "cv.json"
+
+
+def train_demo_runs(data: Path, folder: Path) -> list[Path]:
+    """One run per architecture with the real training command; later runs reuse the first
+    run's folds, so every architecture holds out the same patients per fold."""
+    runs = []
+    env = {"TF_CPP_MIN_LOG_LEVEL": "2", **os.environ}
+    for arch, flags in DEMO_RUNS.items():
+        run_dir = folder / arch
+        same_folds = ("--folds-file", str(runs[0] / FOLDS_NAME)) if runs else ()
+        LOG.info("training %s on %s -> %s", arch, data, run_dir)
+        run([sys.executable, "-m", PACKAGE, "train", "--data-dir", str(data), "--arch", arch, "--out", str(run_dir),
+             "--work-dir", str(folder / "spectrograms"), *DEMO_TRAINING, *flags, *same_folds],
+            quiet=False, env=env, cwd=REPO_ROOT, what=f"training {arch}")
+        runs.append(run_dir)
+    return runs
+
+
+def merge_manifests(paths: list[Path], out: Path) -> Path:
+    """One manifest listing the models of several runs' manifests, each `file` made relative
+    to `out`'s folder. The runs must agree on format, classes and preprocessing."""
+    manifests = [read_weights_manifest(path) for path in paths]
+    for path, manifest in zip(paths[1:], manifests[1:]):
+        for key in ("format_version", "classes", "preprocessing"):
+            if manifest.get(key) != manifests[0].get(key):
+                raise BundleError(f"{path}: {key} differs from {paths[0]}'s; one ensemble needs the same")
+    models = [
+        {**model, "file": Path(os.path.relpath(path.parent.resolve() / model["file"], out.parent.resolve())).as_posix()}
+        for path, manifest in zip(paths, manifests) for model in manifest["models"]
+    ]
+    names = [model["name"] for model in models]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise BundleError(f"the manifests {[str(p) for p in paths]} share model names {duplicates}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, {**manifests[0], "models": models})
+    return out
+
+
+def class_prior_submission(data: Path, out: Path) -> Path:
+    """The class-prior baseline: the mean vote fractions of train.csv's rows, predicted for
+    every row of sample_submission.csv."""
+    header, sample_rows = read_csv_rows(data / "sample_submission.csv")
+    columns = header[1:]
+    with open(data / "train.csv", newline="", encoding="utf-8") as handle:
+        votes = [[float(row[column]) for column in columns] for row in csv.DictReader(handle)]
+    fractions = [[vote / sum(row) for vote in row] for row in votes]
+    prior = [math.fsum(column) / len(fractions) for column in zip(*fractions)]
+    with open(out, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows([row[0], *map(repr, prior)] for row in sample_rows)
+    return out
+
+
+def score_locally(solution: Path, submission: Path) -> float:
+    return parse_score(run(score_command(Path(sys.executable), solution, submission), quiet=True, cwd=REPO_ROOT,
+                           what="scoring").stdout)
+
+
+def describe_run(run_dir: Path) -> str:
+    cv = json.loads((run_dir / CV_NAME).read_text(encoding="utf-8"))
+    return (f"{cv['arch']:<18} folds {','.join(map(str, cv['folds']))}: CV KL {cv['cv_kl']:.4f} on "
+            f"{cv['oof_rows']} out-of-fold rows (class-prior baseline {cv['prior_kl']:.4f})")
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    """Synthetic data -> a small fold ensemble of both architectures -> bundle -> offline verification."""
+    started = time.monotonic()
+    shutil.rmtree(DEMO_DIR, ignore_errors=True)
+    data = synthesize_competition(DEMO_DIR / "data", **DEMO_SYNTHETIC)
+    runs = train_demo_runs(data, DEMO_DIR)
+    manifest = merge_manifests([run_dir / MANIFEST_NAME for run_dir in runs], DEMO_DIR / MANIFEST_NAME)
+    built = build_bundle(BuildOptions(
+        kaggle_user=DEMO_KAGGLE_USER, manifest=manifest, out=DEMO_DIR / "dist", dataset_slug=args.dataset_slug,
+        target=parse_target(args.python_version, args.platform), gpu=False, wheel_cache=args.wheel_cache.resolve(),
+        offline=args.offline, repo=args.repo.resolve(),
+    ))
+    verification = verify_bundle(DEMO_DIR / "dist", DEMO_DIR / "verify", data_dir=data,
+                                 kaggle_base=args.kaggle_base.resolve(), wheel_cache=args.wheel_cache.resolve(),
+                                 offline=args.offline, dataset_slug=args.dataset_slug)
+    baseline = score_locally(data / "test_solution.csv", class_prior_submission(data, DEMO_DIR / "class_prior.csv"))
+    print()
+    print(f"hms-offline demo on synthetic data ({display_path(data)}: {DEMO_SYNTHETIC['n_train']} train rows, "
+          f"{DEMO_SYNTHETIC['n_test']} test rows), trained with python -m hms_offline train:")
+    for run_dir in runs:
+        print(f"  {describe_run(run_dir)}")
+    print(f"Bundle: {display_path(built.dataset_dir)} ({human_size(built.total_size)}, "
+          f"{len(read_weights_manifest(manifest)['models'])} models) and {display_path(built.kernel_dir)}")
+    print_verification(verification)
+    print(f"On the {verification.rows} synthetic test rows: ensemble KL {verification.kl:.4f}, "
+          f"class-prior baseline KL {baseline:.4f} (mean train vote fractions for every row)")
+    print(f"Submission: {display_path(verification.submission)}. Demo done in {(time.monotonic() - started) / 60:.1f} min.")
+    return 0
+
+
 # ----------------------------------------------------------------------------- command line
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -824,8 +1288,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="downloaded wheels, one folder per target (default: .cache/wheels/)")
     parser.add_argument("--offline", action="store_true",
                         help="never download: every pinned wheel must be in the cache already")
-    parser.add_argument("--fetch-wheels", action="store_true",
-                        help="only fill the wheel cache for the target (the set-up step), then exit")
+    commands = parser.add_mutually_exclusive_group()
+    commands.add_argument("--fetch-wheels", action="store_true",
+                          help="only fill the wheel cache for the target (the set-up step), then exit")
+    commands.add_argument("--verify", type=Path, metavar="DIST",
+                          help="run the kernel built in DIST on sample test data in a fresh environment holding only "
+                               "the Kaggle base, network blocked, and check the submission")
+    commands.add_argument("--demo", action="store_true",
+                          help=f"synthetic data -> train both architectures -> bundle -> verify, in "
+                               f"{DEMO_DIR.relative_to(REPO_ROOT)}/")
+    parser.add_argument("--verify-data", type=Path, metavar="DIR",
+                        help="competition-shaped test data for --verify (default: a small synthetic competition)")
+    parser.add_argument("--kaggle-base", type=Path, default=DEFAULT_KAGGLE_BASE,
+                        help=f"venv with only what Kaggle's image surely has, for --verify and --demo "
+                             f"(default: {DEFAULT_KAGGLE_BASE.name}/, made by `{KAGGLE_BASE_SETUP}`)")
     parser.add_argument("--repo", type=Path, default=REPO_ROOT,
                         help="git checkout to pack hms_offline and kernel/inference.py from (default: this one)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -839,6 +1315,15 @@ def fetch_wheels_command(args: argparse.Namespace) -> int:
     total = sum(path.stat().st_size for path in wheels.values())
     print(f"{len(wheels)} wheels for CPython {target.python_version} on {target.platform} "
           f"({human_size(total)}) in {args.wheel_cache / target.cache_name}")
+    return 0
+
+
+def verify_command(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="hms-verify-") as work:
+        result = verify_bundle(args.verify.resolve(), Path(work), data_dir=args.verify_data,
+                               kaggle_base=args.kaggle_base.resolve(), wheel_cache=args.wheel_cache.resolve(),
+                               offline=args.offline, dataset_slug=args.dataset_slug)
+        print_verification(result)
     return 0
 
 
@@ -864,9 +1349,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(message)s", stream=sys.stderr)
-    # One branch per command; a new option that is a command of its own (e.g. --verify DIR,
-    # --demo) adds its parse_args flag and a branch here.
-    command = fetch_wheels_command if args.fetch_wheels else build_command
+    if args.fetch_wheels:
+        command = fetch_wheels_command
+    elif args.verify:
+        command = verify_command
+    elif args.demo:
+        command = demo_command
+    else:
+        command = build_command
     try:
         return command(args)
     except BundleError as error:

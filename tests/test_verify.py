@@ -1,0 +1,279 @@
+"""build_bundle.py --verify and --demo: the offline verification of a built bundle, the
+fresh environment it runs in, the submission checks, the demo's manifest merge and baseline.
+
+The fresh environments sit on the Kaggle-base venv that the set-up step makes once, with
+PyPI reachable (`make kaggle-base`: only tensorflow-cpu, numpy, pandas, pyarrow,
+scikit-learn); the wheels come from the cache `make wheels` fills, for CPython 3.12 (what
+the bundle ships) and for the local Python (what the verification installs). HMS_KAGGLE_BASE
+and HMS_WHEEL_CACHE name other folders. A missing one fails the tests with the command to
+run, rather than skipping them.
+"""
+
+import base64
+import csv
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+import build_bundle as bb  # noqa: E402
+
+SLUG = "hms-verify-bundle"
+HEADER = ["eeg_id", "seizure_vote", "lpd_vote", "gpd_vote", "lrda_vote", "grda_vote", "other_vote"]
+
+
+# ----------------------------------------------------------------------------- set-up
+
+@pytest.fixture(scope="session")
+def kaggle_base() -> Path:
+    base = Path(os.environ.get("HMS_KAGGLE_BASE", bb.DEFAULT_KAGGLE_BASE))
+    if not (base / "bin" / "python").is_file():
+        pytest.fail(f"no Kaggle-base venv at {base}: create it once (needs PyPI) with `make kaggle-base`")
+    return base
+
+
+@pytest.fixture(scope="session")
+def base_python(kaggle_base) -> Path:
+    return kaggle_base / "bin" / "python"
+
+
+@pytest.fixture(scope="session")
+def wheel_cache(base_python) -> Path:
+    """The cache holding the pinned wheels for Kaggle's CPython 3.12 and for the local Python."""
+    cache = Path(os.environ.get("HMS_WHEEL_CACHE", bb.DEFAULT_WHEEL_CACHE))
+    for target in (bb.Target(bb.DEFAULT_PYTHON_VERSION, bb.DEFAULT_PLATFORM), bb.local_target(bb.python_version_of(base_python))):
+        missing = [pin for pin in bb.KERNEL_WHEEL_PINS if bb.find_cached_wheel(cache / target.cache_name, pin, target) is None]
+        if missing:
+            pytest.fail(f"the wheel cache {cache / target.cache_name} lacks {', '.join(missing)}: fill it once (needs "
+                        f"PyPI) with `make wheels`")
+    return cache
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `folder` with its size and modification time."""
+    return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+
+
+def base_site_packages(base_python: Path) -> Path:
+    return Path(bb.site_packages_of(base_python)[0])
+
+
+# ----------------------------------------------------------------------------- fresh environment
+
+def test_a_fresh_env_lacks_keras_cv_and_hms_offline_until_the_kernel_installs_them(base_python, tmp_path):
+    python = bb.make_fresh_env(base_python, tmp_path / "env")
+    for module in ("keras_cv", "hms_offline"):
+        attempt = subprocess.run([str(python), "-c", f"import {module}"], cwd=tmp_path, capture_output=True, text=True)
+        assert attempt.returncode != 0 and f"No module named '{module}'" in attempt.stderr, module
+    assert bb.module_origins(python) == {"keras_cv": None, "hms_offline": None}
+    seen = bb.ask_python(python, "{m: bool(importlib.util.find_spec(m)) for m in "
+                                 "['tensorflow', 'keras', 'numpy', 'pandas', 'pyarrow', 'sklearn', 'pip']}")
+    assert all(seen.values()), seen  # the Kaggle base is there, through the .pth file
+
+
+def fake_wheel(folder: Path, name: str, version: str) -> Path:
+    """A minimal pure-Python wheel of `name` that only records its version."""
+    dist_info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": f'__version__ = "{version}"\n',
+        f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    digest = lambda text: base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()  # noqa: E731
+    files[f"{dist_info}/RECORD"] = "".join(f"{path},sha256={digest(text)},{len(text.encode())}\n"
+                                           for path, text in files.items()) + f"{dist_info}/RECORD,,\n"
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+    return wheel
+
+
+def test_a_wheel_of_another_version_shadows_the_base_package_and_leaves_the_base_untouched(base_python, tmp_path):
+    """As the kernel installs keras when the image holds another version: into the fresh env only."""
+    base = base_site_packages(base_python)
+    before = snapshot(base)
+    python = bb.make_fresh_env(base_python, tmp_path / "env")
+    wheel = fake_wheel(tmp_path, "keras", "0.0.1")
+    installed = subprocess.run([str(python), "-m", "pip", "install", "--no-index", "--no-deps",
+                                "--disable-pip-version-check", str(wheel)],
+                               env=bb.offline_environment(tmp_path), cwd=tmp_path, capture_output=True, text=True)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    assert "outside environment" in installed.stdout  # pip declines to uninstall the base's keras
+    assert bb.ask_python(python, "__import__('importlib.metadata').metadata.version('keras')") == "0.0.1"
+    assert Path(bb.module_origins(python, ("keras",))["keras"]).is_relative_to(tmp_path / "env")
+    assert bb.ask_python(base_python, "__import__('importlib.metadata').metadata.version('keras')") != "0.0.1"
+    assert snapshot(base) == before
+
+
+def test_the_network_block_refuses_connections(tmp_path):
+    block = bb.NetworkBlock.install(tmp_path / "guard")
+    connect = "import socket; socket.create_connection(('1.1.1.1', 443), timeout=5)"
+    guarded = block.run([sys.executable, "-c", connect], cwd=tmp_path, timeout=60)
+    assert guarded.returncode != 0 and "network access blocked by build_bundle.py --verify" in guarded.stdout
+    if block.namespace:  # below the guard, the namespace has no interface to connect through
+        unguarded = block.run([sys.executable, "-I", "-c", connect], cwd=tmp_path, timeout=60)
+        assert unguarded.returncode != 0 and "unreachable" in unguarded.stdout.lower()
+
+
+# ----------------------------------------------------------------------------- submission checks
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    with open(path, "w", newline="") as handle:
+        csv.writer(handle).writerows([header, *rows])
+    return path
+
+
+@pytest.fixture
+def sample(tmp_path) -> Path:
+    return write_csv(tmp_path / "sample_submission.csv", HEADER, [[11] + [1 / 6] * 6, [22] + [1 / 6] * 6])
+
+
+GOOD_ROWS = [[11, 0.5, 0.5, 0, 0, 0, 0], [22, 0.1, 0.2, 0.3, 0.1, 0.2, 0.1]]
+
+
+def test_a_valid_submission_passes(sample, tmp_path):
+    assert bb.check_submission(write_csv(tmp_path / "submission.csv", HEADER, GOOD_ROWS), sample) == 2
+
+
+@pytest.mark.parametrize("header, rows, expected", [
+    (HEADER[:-1], [row[:-1] for row in GOOD_ROWS], "columns"),
+    (HEADER[:1] + HEADER[2:] + HEADER[1:2], GOOD_ROWS, "columns"),
+    (HEADER, GOOD_ROWS[::-1], "ids first differ at data row 1"),
+    (HEADER, GOOD_ROWS[:1], "1 rows where sample_submission.csv has 2"),
+    (HEADER, [GOOD_ROWS[0], [22, "nan", 0.5, 0.5, 0, 0, 0]], "line 3: not finite"),
+    (HEADER, [GOOD_ROWS[0], [22, 1.5, -0.5, 0, 0, 0, 0]], "line 3: a probability outside [0, 1]"),
+    (HEADER, [GOOD_ROWS[0], [22, 0.5, 0.5, 0, 0, 0, 1e-5]], "line 3: sums to"),
+    (HEADER, [GOOD_ROWS[0], [22, "x", 0.5, 0.5, 0, 0, 0]], "line 3: not a number"),
+])
+def test_an_invalid_submission_is_refused_saying_why(sample, tmp_path, header, rows, expected):
+    submission = write_csv(tmp_path / "submission.csv", header, rows)
+    with pytest.raises(bb.BundleError, match="would be refused by Kaggle") as error:
+        bb.check_submission(submission, sample)
+    assert expected in str(error.value) and error.value.exit_code == 1
+
+
+def test_rows_summing_to_one_within_the_tolerance_pass(sample, tmp_path):
+    rows = [GOOD_ROWS[0], [22, 0.5, 0.5, 0, 0, 0, 5e-7]]
+    assert bb.check_submission(write_csv(tmp_path / "submission.csv", HEADER, rows), sample) == 2
+
+
+# ----------------------------------------------------------------------------- demo pieces
+
+def run_manifest(folder: Path, arch: str, folds: list[int], preprocessing: str = "starter_log_standardize") -> Path:
+    """A training run's folder: fold<k>/<arch>_fold<k>.weights.h5 and weights_manifest.json."""
+    models = []
+    for fold in folds:
+        weights = folder / f"fold{fold}" / f"{arch}_fold{fold}.weights.h5"
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        weights.write_bytes(f"{arch} {fold}".encode())
+        models.append({"name": f"{arch}_fold{fold}", "arch": arch, "fold": fold, "file": f"fold{fold}/{weights.name}",
+                       "sha256": bb.sha256_of(weights), "ensemble_weight": 1.0, "cv_kl": 0.5})
+    manifest = {"format_version": 1, "classes": ["seizure", "lpd", "gpd", "lrda", "grda", "other"],
+                "preprocessing": {"name": preprocessing, "params": {}}, "models": models}
+    (folder / "weights_manifest.json").write_text(json.dumps(manifest))
+    return folder / "weights_manifest.json"
+
+
+def test_merged_manifest_lists_both_runs_with_files_relative_to_it(tmp_path):
+    runs = [run_manifest(tmp_path / "demo" / "mobilenetv3_large", "mobilenetv3_large", [0, 1]),
+            run_manifest(tmp_path / "demo" / "efficientnetv2_b2", "efficientnetv2_b2", [0, 1])]
+    merged = bb.merge_manifests(runs, tmp_path / "demo" / "weights_manifest.json")
+    manifest = bb.read_weights_manifest(merged)
+    assert [m["name"] for m in manifest["models"]] == [
+        "mobilenetv3_large_fold0", "mobilenetv3_large_fold1", "efficientnetv2_b2_fold0", "efficientnetv2_b2_fold1"]
+    assert manifest["models"][2]["file"] == "efficientnetv2_b2/fold0/efficientnetv2_b2_fold0.weights.h5"
+    bb.check_weight_files(manifest, merged.parent)  # every file found, sha256 as listed
+    first = json.loads(runs[0].read_text())
+    assert {k: v for k, v in manifest.items() if k != "models"} == {k: v for k, v in first.items() if k != "models"}
+
+
+def test_merging_runs_that_disagree_or_share_model_names_is_refused(tmp_path):
+    mnv3 = run_manifest(tmp_path / "a", "mobilenetv3_large", [0])
+    other = run_manifest(tmp_path / "b", "efficientnetv2_b2", [0], preprocessing="something_else")
+    with pytest.raises(bb.BundleError, match="preprocessing differs"):
+        bb.merge_manifests([mnv3, other], tmp_path / "merged.json")
+    with pytest.raises(bb.BundleError, match="share model names"):
+        bb.merge_manifests([mnv3, run_manifest(tmp_path / "c", "mobilenetv3_large", [0])], tmp_path / "merged.json")
+    assert not (tmp_path / "merged.json").exists()
+
+
+def test_class_prior_submission_predicts_the_mean_train_vote_fractions(sample, tmp_path):
+    votes = [[3, 0, 0, 0, 0, 1], [0, 2, 0, 0, 0, 0]]
+    write_csv(tmp_path / "train.csv", ["eeg_id", *HEADER[1:]], [[i, *row] for i, row in enumerate(votes)])
+    submission = bb.class_prior_submission(tmp_path, tmp_path / "prior.csv")
+    assert bb.check_submission(submission, sample) == 2
+    header, rows = bb.read_csv_rows(submission)
+    assert header == HEADER and [row[0] for row in rows] == ["11", "22"]
+    for row in rows:
+        assert [float(v) for v in row[1:]] == pytest.approx([0.375, 0.5, 0, 0, 0, 0.125])
+
+
+# ----------------------------------------------------------------------------- errors
+
+def test_verify_without_a_kaggle_base_says_how_to_make_it(tmp_path, caplog):
+    (tmp_path / "dist" / "kernel").mkdir(parents=True)
+    (tmp_path / "dist" / "kernel" / "inference.py").write_text("")
+    (tmp_path / "dist" / SLUG / "wheels").mkdir(parents=True)
+    (tmp_path / "dist" / SLUG / "wheels" / "lock.json").write_text("{}")
+    assert bb.main(["--verify", str(tmp_path / "dist"), "--kaggle-base", str(tmp_path / "none"), "--offline"]) == 2
+    assert "make kaggle-base" in caplog.text
+
+
+def test_verify_of_a_folder_without_a_bundle_is_a_clear_error(tmp_path, caplog):
+    assert bb.main(["--verify", str(tmp_path), "--offline"]) == 2
+    assert "holds no built bundle" in caplog.text
+
+
+# ----------------------------------------------------------------------------- end to end
+
+@pytest.fixture(scope="module")
+def built_dist(tmp_path_factory, freshly_initialised_bundle, wheel_cache) -> Path:
+    """The bundle of the freshly initialised fold weights (both archs), built --offline for Kaggle."""
+    out = tmp_path_factory.mktemp("verify") / "dist"
+    assert bb.main(["--kaggle-user", "alice", "--dataset-slug", SLUG, "--manifest",
+                    str(freshly_initialised_bundle / "weights_manifest.json"), "--out", str(out),
+                    "--wheel-cache", str(wheel_cache), "--offline"]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_verify_runs_the_built_kernel_offline_in_a_fresh_env(built_dist, kaggle_base, base_python, wheel_cache, capsys):
+    dist_before = {p: (built_dist / p).read_bytes() for p in snapshot(built_dist)}
+    base_before = snapshot(base_site_packages(base_python))
+    assert bb.main(["--verify", str(built_dist), "--kaggle-base", str(kaggle_base),
+                    "--wheel-cache", str(wheel_cache), "--offline"]) == 0
+    printed = capsys.readouterr().out
+    lock = json.loads((built_dist / SLUG / "wheels" / "lock.json").read_text())
+    in_base = bb.ask_python(base_python, "{d.metadata['Name'].lower().replace('_', '-'): d.version "
+                                         "for d in __import__('importlib.metadata').metadata.distributions()}")
+    expected = [p["name"] for p in lock["packages"] if in_base.get(p["name"]) is None
+                or (p["install_if"] != "missing" and in_base[p["name"]] != p["version"])]
+    assert {"keras-cv", "hms-offline", "tensorflow-datasets"} <= set(expected)
+    assert f"installed offline: {len(expected)} package(s)" in printed
+    assert "models: 3" in printed and "submission rows: 8" in printed
+    assert "unshare -rn" in printed or "socket guard only" in printed
+    assert "absent before the kernel installed them from the bundle" in printed
+    kl = float(printed.split("KL divergence against test_solution.csv: ")[1].split()[0])
+    assert 0 < kl < 10
+    assert {p: (built_dist / p).read_bytes() for p in snapshot(built_dist)} == dist_before  # Kaggle's wheels stay
+    assert snapshot(base_site_packages(base_python)) == base_before
+
+
+@pytest.mark.slow
+def test_verify_fails_loudly_when_the_kernel_fails(built_dist, kaggle_base, wheel_cache, tmp_path, caplog):
+    broken = tmp_path / "dist"
+    shutil.copytree(built_dist, broken)
+    next((broken / SLUG / "weights").glob("efficientnetv2_b2*")).unlink()
+    assert bb.main(["--verify", str(broken), "--kaggle-base", str(kaggle_base),
+                    "--wheel-cache", str(wheel_cache), "--offline"]) == 1
+    assert "the kernel failed offline" in caplog.text and "missing" in caplog.text
