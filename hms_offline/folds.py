@@ -14,6 +14,7 @@ import pandas as pd
 from hms_offline.atomic import atomic_output
 from hms_offline.constants import ID_COLUMN
 from hms_offline.labels import consensus_index, first_row_per_eeg
+from hms_offline.tables import read_csv_with_columns
 
 FOLDS_NAME = "folds.csv"
 FOLD_COLUMNS = (ID_COLUMN, "patient_id", "fold")
@@ -41,13 +42,7 @@ def write_folds(folds: pd.DataFrame, path: Path) -> Path:
 
 
 def read_folds(path: Path) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"folds file not found: {path}")
-    folds = pd.read_csv(path)
-    missing = [column for column in FOLD_COLUMNS if column not in folds.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(map(repr, missing))}")
+    folds = read_csv_with_columns(path, FOLD_COLUMNS, "folds file")
     check_patients_in_one_fold(folds, path)
     return folds
 

@@ -10,7 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hms_offline.constants import CONSENSUS_NAMES, ID_COLUMN, TRAIN_COLUMNS, VOTE_COLUMNS
+from hms_offline.constants import (
+    CONSENSUS_NAMES,
+    ID_COLUMN,
+    TRAIN_COLUMNS,
+    VOTE_COLUMNS,
+)
+from hms_offline.tables import read_csv_with_columns
 
 # What training reads of train.csv (the eeg_/spectrogram_sub_id columns it does not need).
 REQUIRED_COLUMNS = tuple(
@@ -23,12 +29,7 @@ def read_train_labels(path: Path) -> pd.DataFrame:
     """train.csv, checked: every required column, votes >= 0 with a positive sum, known
     consensus names, offsets >= 0. Errors name the file, the column and example label_ids."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"train labels not found: {path}")
-    labels = pd.read_csv(path)
-    missing = [column for column in REQUIRED_COLUMNS if column not in labels.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(map(repr, missing))}")
+    labels = read_csv_with_columns(path, REQUIRED_COLUMNS, "train labels (train.csv)")
     if labels.empty:
         raise ValueError(f"{path}: no rows")
     _check_votes(labels, path)

@@ -13,25 +13,14 @@ import pandas as pd
 
 from hms_offline.atomic import atomic_output
 from hms_offline.constants import ID_COLUMN, SUBMISSION_COLUMNS, VOTE_COLUMNS
+from hms_offline.tables import read_csv_with_columns
 
 SUM_TOLERANCE = 1e-6
 REQUIRED_TEST_COLUMNS = ("spectrogram_id", ID_COLUMN)  # patient_id is not needed to predict
 
 
-def read_csv_checked(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
-    """Read a competition CSV; a missing file or column is an error naming both."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    frame = pd.read_csv(path)
-    missing = [column for column in required if column not in frame.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; expected at least {list(required)}")
-    return frame
-
-
 def read_sample_submission(path: Path) -> pd.DataFrame:
-    frame = read_csv_checked(path, SUBMISSION_COLUMNS)
+    frame = read_csv_with_columns(path, SUBMISSION_COLUMNS, "sample_submission.csv")
     expected = list(SUBMISSION_COLUMNS)
     if list(frame.columns) != expected:
         raise ValueError(f"{path}: columns {list(frame.columns)}, expected exactly {expected}")
@@ -39,7 +28,7 @@ def read_sample_submission(path: Path) -> pd.DataFrame:
 
 
 def read_test_rows(path: Path) -> pd.DataFrame:
-    return read_csv_checked(path, REQUIRED_TEST_COLUMNS)
+    return read_csv_with_columns(path, REQUIRED_TEST_COLUMNS, "test.csv")
 
 
 def mean_by_eeg_id(eeg_ids: np.ndarray, probabilities: np.ndarray) -> pd.DataFrame:
