@@ -54,20 +54,16 @@ def main():
     parser.add_argument("--arch", default="mobilenetv3_large")
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-tflite", dest="tflite", action="store_false", help="skip the TFLite conversion")
     args = parser.parse_args()
     model = build_model(args.arch)
     images = np.random.default_rng(0).normal(size=(args.images, *IMAGE_SHAPE)).astype("float32")
     started = time.perf_counter()
-    engines = {
-        "keras predict_on_batch (bs 16)": keras_predict_on_batch(model, 16),
-        "keras predict_on_batch (bs 4)": keras_predict_on_batch(model, 4),
-        "keras model.predict (bs 16)": keras_predict(model, 16),
-    }
-    try:
+    engines = {f"keras predict_on_batch (bs {bs})": keras_predict_on_batch(model, bs) for bs in (16, 8, 4, 2)}
+    engines["keras model.predict (bs 16)"] = keras_predict(model, 16)
+    if args.tflite:
         engines["tflite interpreter (2 threads)"] = tflite(model, 2)
         print(f"tflite conversion: {time.perf_counter() - started:.1f} s")
-    except Exception as error:  # the benchmark reports an engine it cannot run, then goes on
-        print(f"tflite unavailable: {error}")
     for run in engines.values():
         run(images[:4])  # warm-up: tracing, allocation
     seconds = {name: [] for name in engines}
