@@ -382,3 +382,12 @@ def test_strategy_and_precision_on_this_machine():
     assert precision_policy("auto", "2 GPUs") == "mixed_float16"
     assert precision_policy("auto", "TPU") == "mixed_bfloat16"
     assert precision_policy("off", "GPU") == "float32"
+
+
+@pytest.mark.parametrize("arch, expected_max", [("mobilenetv3_large", 0.99), ("efficientnetv2_b2", 0.9)])
+def test_from_random_weights_batch_norm_momentum_is_capped_not_raised(arch, expected_max):
+    from hms_offline.train import batch_normalization_layers, training_model
+
+    config = TrainConfig(data_dir=Path("comp"), out=Path("run"), arch=arch, steps_per_epoch=4).resolved()
+    momenta = {layer.momentum for layer in batch_normalization_layers(training_model(config))}
+    assert max(momenta) == pytest.approx(expected_max)  # MobileNetV3's 0.999 capped; EfficientNetV2's 0.9 kept
