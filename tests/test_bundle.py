@@ -26,13 +26,22 @@ from pathlib import Path
 
 import pytest
 
+import hms_offline.bundle.build
+from hms_offline.bundle.build import BuildResult, kernel_metadata
+from hms_offline.bundle.common import KERNEL_SCRIPT, BundleError, display_path
+from hms_offline.bundle.kaggle_cli import push_bundle, upload_commands
+from hms_offline.bundle.package import SourceState, files_to_pack, stamp_version
+from hms_offline.bundle.wheels import (DEFAULT_PLATFORM, DEFAULT_PYTHON_VERSION, KERNEL_WHEEL_PINS,
+                                       PROVIDED_BY_KAGGLE_IMAGE, Target, canonical_name, compatible_platform_tags,
+                                       find_cached_wheel, parse_pin, parse_wheel_filename, wheel_fits_target)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-import build_bundle as bb  # noqa: E402
+sys.path.insert(0, str(REPO_ROOT))  # build_bundle.py, the command line
+import build_bundle  # noqa: E402
 
 USER = "alice"
 SLUG = "hms-test-bundle"
-TARGET = bb.Target(bb.DEFAULT_PYTHON_VERSION, bb.DEFAULT_PLATFORM)
+TARGET = Target(DEFAULT_PYTHON_VERSION, DEFAULT_PLATFORM)
 PLACEHOLDER_PYPROJECT = """\
 [build-system]
 requires = ["setuptools>=61"]
@@ -57,7 +66,7 @@ def sha256(path: Path) -> str:
 @pytest.fixture(scope="session")
 def wheel_cache() -> Path:
     cache = Path(os.environ.get("HMS_WHEEL_CACHE", REPO_ROOT / ".cache" / "wheels"))
-    missing = [pin for pin in bb.KERNEL_WHEEL_PINS if bb.find_cached_wheel(cache / TARGET.cache_name, pin, TARGET) is None]
+    missing = [pin for pin in KERNEL_WHEEL_PINS if find_cached_wheel(cache / TARGET.cache_name, pin, TARGET) is None]
     if missing:
         pytest.fail(f"the wheel cache {cache / TARGET.cache_name} lacks {', '.join(missing)}: fill it once "
                     f"(needs PyPI) with `python build_bundle.py --fetch-wheels --wheel-cache {cache}`")
@@ -74,15 +83,15 @@ def git(repo: Path, *args: str) -> str:
 @pytest.fixture(scope="session")
 def source_repo(tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("source") / "repo"
-    for name in bb.files_to_pack(REPO_ROOT) + [bb.KERNEL_SCRIPT.as_posix()]:
+    for name in files_to_pack(REPO_ROOT) + [KERNEL_SCRIPT.as_posix()]:
         if (REPO_ROOT / name).is_file():
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             (repo / name).write_bytes((REPO_ROOT / name).read_bytes())
     if not (repo / "pyproject.toml").exists():
         (repo / "pyproject.toml").write_text(PLACEHOLDER_PYPROJECT)
-    if not (repo / bb.KERNEL_SCRIPT).exists():
-        (repo / bb.KERNEL_SCRIPT).parent.mkdir(parents=True, exist_ok=True)
-        (repo / bb.KERNEL_SCRIPT).write_text("print('placeholder kernel')\n")
+    if not (repo / KERNEL_SCRIPT).exists():
+        (repo / KERNEL_SCRIPT).parent.mkdir(parents=True, exist_ok=True)
+        (repo / KERNEL_SCRIPT).write_text("print('placeholder kernel')\n")
     git(repo, "init", "-q")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "test source")
@@ -114,7 +123,7 @@ def write_weights(folder: Path) -> Path:
 
 
 def build(repo: Path, manifest: Path, out: Path, cache: Path, *extra: str) -> int:
-    return bb.main(["--kaggle-user", USER, "--dataset-slug", SLUG, "--manifest", str(manifest), "--out", str(out),
+    return build_bundle.main(["--kaggle-user", USER, "--dataset-slug", SLUG, "--manifest", str(manifest), "--out", str(out),
                     "--repo", str(repo), "--wheel-cache", str(cache), "--offline", *extra])
 
 
@@ -150,8 +159,8 @@ def test_dataset_and_kernel_folders_hold_exactly_the_bundle(two_builds, dataset)
         "BUNDLE.json", "README.md", "dataset-metadata.json", "weights_manifest.json", "wheels/lock.json",
         "weights/mobilenetv3_large_fold0.weights.h5", "weights/efficientnetv2_b2_fold1.weights.h5",
     }
-    names = {bb.parse_wheel_filename(Path(w).name).name for w in wheels}
-    assert names == {bb.parse_pin(pin)[0] for pin in bb.KERNEL_WHEEL_PINS} | {"hms-offline"}
+    names = {parse_wheel_filename(Path(w).name).name for w in wheels}
+    assert names == {parse_pin(pin)[0] for pin in KERNEL_WHEEL_PINS} | {"hms-offline"}
     assert relative_files(out / "kernel") == {"inference.py", "kernel-metadata.json"}
 
 
@@ -183,12 +192,12 @@ def test_lock_lists_every_wheel_with_its_sha256(dataset, source_repo):
     for package in packages:
         wheel = dataset / "wheels" / package["file"]
         assert package["sha256"] == sha256(wheel), package["file"]
-        assert package["name"] == bb.canonical_name(package["name"])
-        assert bb.parse_wheel_filename(wheel.name).version == package["version"]
-        assert bb.wheel_fits_target(bb.parse_wheel_filename(wheel.name), TARGET)
-        assert package["name"] not in bb.PROVIDED_BY_KAGGLE_IMAGE
+        assert package["name"] == canonical_name(package["name"])
+        assert parse_wheel_filename(wheel.name).version == package["version"]
+        assert wheel_fits_target(parse_wheel_filename(wheel.name), TARGET)
+        assert package["name"] not in PROVIDED_BY_KAGGLE_IMAGE
     versions = {p["name"]: p["version"] for p in packages}
-    assert {n: v for n, v in versions.items() if n != "hms-offline"} == dict(map(bb.parse_pin, bb.KERNEL_WHEEL_PINS))
+    assert {n: v for n, v in versions.items() if n != "hms-offline"} == dict(map(parse_pin, KERNEL_WHEEL_PINS))
     commit = git(source_repo, "rev-parse", "HEAD").strip()
     assert versions["hms-offline"].endswith(f"+g{commit[:7]}")  # a clean checkout: no .dirty
 
@@ -210,7 +219,7 @@ def test_bundle_json_describes_every_file(dataset, source_repo):
     assert record["git"]["dirty"] is False
     assert record["versions"]["python"] == TARGET.python_version
     assert record["versions"]["platform"] == TARGET.platform
-    assert record["versions"]["pins"] == dict(map(bb.parse_pin, bb.KERNEL_WHEEL_PINS))
+    assert record["versions"]["pins"] == dict(map(parse_pin, KERNEL_WHEEL_PINS))
     listed = {item["path"]: item for item in record["files"]}
     assert set(listed) == relative_files(dataset) - {"BUNDLE.json"}
     for path, item in listed.items():
@@ -235,7 +244,7 @@ def test_two_builds_are_byte_identical_but_for_the_build_time(two_builds):
 
 def test_kernel_metadata(two_builds, source_repo):
     kernel = two_builds[0] / "kernel"
-    assert (kernel / "inference.py").read_bytes() == (source_repo / bb.KERNEL_SCRIPT).read_bytes()
+    assert (kernel / "inference.py").read_bytes() == (source_repo / KERNEL_SCRIPT).read_bytes()
     metadata = json.loads((kernel / "kernel-metadata.json").read_text())
     assert metadata == {
         "id": f"{USER}/{SLUG}-inference",
@@ -251,18 +260,18 @@ def test_kernel_metadata(two_builds, source_repo):
     }
     # Kaggle derives the kernel's slug from its title
     assert metadata["title"].lower().replace(" ", "-") == metadata["id"].split("/")[1]
-    assert bb.kernel_metadata(USER, SLUG, gpu=True)["enable_gpu"] is True
+    assert kernel_metadata(USER, SLUG, gpu=True)["enable_gpu"] is True
 
 
 def test_prints_the_upload_commands(tmp_path, source_repo, weights_manifest, wheel_cache, capsys):
     assert build(source_repo, weights_manifest, tmp_path / "dist", wheel_cache) == 0
     printed = capsys.readouterr().out
-    dataset = bb.display_path(tmp_path / "dist" / SLUG)
+    dataset = display_path(tmp_path / "dist" / SLUG)
     assert f"kaggle datasets create -p {dataset} --dir-mode zip" in printed
     assert f"kaggle datasets version -p {dataset} -m " in printed
     uploads = [line for line in printed.splitlines() if "kaggle datasets" in line]
     assert len(uploads) == 2 and all(line.endswith("--dir-mode zip") for line in uploads)
-    assert f"kaggle kernels push -p {bb.display_path(tmp_path / 'dist' / 'kernel')}" in printed
+    assert f"kaggle kernels push -p {display_path(tmp_path / 'dist' / 'kernel')}" in printed
 
 
 @pytest.mark.parametrize("damage", ["missing", "altered"])
@@ -296,9 +305,9 @@ def test_a_failed_build_leaves_the_previous_dist_as_it_was(tmp_path, source_repo
     before = {name: (out / name).read_bytes() for name in relative_files(out)}
 
     def broken_wheel_build(*args, **kwargs):
-        raise bb.BundleError("simulated failure half-way", exit_code=1)
+        raise BundleError("simulated failure half-way", exit_code=1)
 
-    monkeypatch.setattr(bb, "build_package_wheel", broken_wheel_build)
+    monkeypatch.setattr(hms_offline.bundle.build, "build_package_wheel", broken_wheel_build)
     assert build(source_repo, weights_manifest, out, wheel_cache) == 1
     assert "simulated failure" in caplog.text
     assert {name: (out / name).read_bytes() for name in relative_files(out)} == before
@@ -311,18 +320,18 @@ def test_offline_with_an_empty_cache_says_how_to_fill_it(tmp_path, source_repo, 
 
 
 def test_pins_are_exact_and_leave_the_image_packages_alone():
-    names = [bb.parse_pin(pin)[0] for pin in bb.KERNEL_WHEEL_PINS]
+    names = [parse_pin(pin)[0] for pin in KERNEL_WHEEL_PINS]
     assert len(set(names)) == len(names)
     assert {"keras-cv", "keras", "tensorflow-datasets", "promise"} <= set(names)
-    assert not set(names) & bb.PROVIDED_BY_KAGGLE_IMAGE
-    assert {"tensorflow", "numpy", "pandas", "pyarrow", "protobuf", "h5py"} <= bb.PROVIDED_BY_KAGGLE_IMAGE
+    assert not set(names) & PROVIDED_BY_KAGGLE_IMAGE
+    assert {"tensorflow", "numpy", "pandas", "pyarrow", "protobuf", "h5py"} <= PROVIDED_BY_KAGGLE_IMAGE
 
 
 def test_platform_tags_and_wheel_compatibility():
-    tags = bb.compatible_platform_tags("manylinux2014_x86_64")
+    tags = compatible_platform_tags("manylinux2014_x86_64")
     assert {"manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_5_x86_64", "manylinux1_x86_64"} <= set(tags)
     assert "manylinux_2_28_x86_64" not in tags
-    fits = lambda name: bb.wheel_fits_target(bb.parse_wheel_filename(name), TARGET)  # noqa: E731
+    fits = lambda name: wheel_fits_target(parse_wheel_filename(name), TARGET)  # noqa: E731
     assert fits("keras_cv-0.9.0-py3-none-any.whl")
     assert fits("dm_tree-0.1.9-cp312-cp312-manylinux_2_17_x86_64.manylinux2014_x86_64.whl")
     assert fits("psutil-7.0.0-cp36-abi3-manylinux_2_12_x86_64.manylinux2010_x86_64.whl")
@@ -352,8 +361,8 @@ def test_push_creates_the_dataset_waits_then_pushes_the_kernel(tmp_path, monkeyp
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("KAGGLE_USERNAME", USER)
     monkeypatch.setenv("KAGGLE_KEY", "not-a-real-key")
-    result = bb.BuildResult(tmp_path / SLUG, tmp_path / "kernel", "0.1.0+gabc1234", 0)
-    bb.push_bundle(USER, SLUG, bb.upload_commands(result, "hms-offline test"))
+    result = BuildResult(tmp_path / SLUG, tmp_path / "kernel", "0.1.0+gabc1234", 0)
+    push_bundle(USER, SLUG, upload_commands(result, "hms-offline test"))
     calls = log.read_text().splitlines()
     assert calls[0] == f"datasets status {USER}/{SLUG}"
     assert calls[1].startswith("datasets create -p ") and calls[1].endswith("--dir-mode zip")
@@ -362,24 +371,37 @@ def test_push_creates_the_dataset_waits_then_pushes_the_kernel(tmp_path, monkeyp
 
 
 def test_push_without_the_cli_or_credentials_is_a_clear_error(tmp_path, monkeypatch):
-    result = bb.BuildResult(tmp_path / SLUG, tmp_path / "kernel", "0.1.0", 0)
-    commands = bb.upload_commands(result, "m")
+    result = BuildResult(tmp_path / SLUG, tmp_path / "kernel", "0.1.0", 0)
+    commands = upload_commands(result, "m")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    with pytest.raises(bb.BundleError, match="kaggle CLI"):
-        bb.push_bundle(USER, SLUG, commands)
+    with pytest.raises(BundleError, match="kaggle CLI"):
+        push_bundle(USER, SLUG, commands)
     fake_kaggle_cli(tmp_path)
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
     monkeypatch.delenv("KAGGLE_KEY", raising=False)
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-config"))
-    with pytest.raises(bb.BundleError, match="credentials"):
-        bb.push_bundle(USER, SLUG, commands)
+    with pytest.raises(BundleError, match="credentials"):
+        push_bundle(USER, SLUG, commands)
 
 
 def test_starts_with_the_standard_library_only():
-    code = "import sys, build_bundle; print(sorted({'numpy', 'tensorflow', 'pandas', 'hms_offline'} & set(sys.modules)))"
+    """build_bundle.py and every module of hms_offline/bundle/ import only the standard library
+    and each other; of hms_offline itself only its __init__ (which imports nothing)."""
+    code = """\
+import importlib, pkgutil, sys
+before = set(sys.modules)
+import build_bundle, hms_offline.bundle
+for module in pkgutil.iter_modules(hms_offline.bundle.__path__):
+    importlib.import_module(f"hms_offline.bundle.{module.name}")
+print(sorted({'numpy', 'tensorflow', 'pandas'} & set(sys.modules)))
+print(sorted(name for name in set(sys.modules) - before
+             if name.split('.')[0] not in sys.stdlib_module_names
+             and name not in ('build_bundle', 'hms_offline', 'hms_offline.bundle')
+             and not name.startswith('hms_offline.bundle.')))
+"""
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[]"
+    assert result.stdout.split("\n")[:2] == ["[]", "[]"]
 
 
 @pytest.mark.parametrize("style", ["static", "attr"])
@@ -389,8 +411,8 @@ def test_version_stamp_in_a_source_copy(tmp_path, style):
     pyproject = PLACEHOLDER_PYPROJECT if style == "attr" else PLACEHOLDER_PYPROJECT.replace(
         'dynamic = ["version"]', 'version = "0.2.0"').split("[tool.setuptools.dynamic]")[0]
     (tmp_path / "pyproject.toml").write_text(pyproject)
-    source = bb.SourceState(commit="0123456789abcdef" * 2 + "01234567", commit_time=0, dirty=True)
-    assert bb.stamp_version(tmp_path, source) == "0.2.0+g0123456.dirty"
+    source = SourceState(commit="0123456789abcdef" * 2 + "01234567", commit_time=0, dirty=True)
+    assert stamp_version(tmp_path, source) == "0.2.0+g0123456.dirty"
     assert '__version__ = "0.2.0+g0123456.dirty"' in (tmp_path / "hms_offline" / "__init__.py").read_text()
     if style == "static":
         assert 'version = "0.2.0+g0123456.dirty"' in (tmp_path / "pyproject.toml").read_text()

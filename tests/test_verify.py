@@ -22,9 +22,19 @@ from pathlib import Path
 
 import pytest
 
+from hms_offline.bundle.common import BundleError, sha256_of
+from hms_offline.bundle.demo import class_prior_submission, merge_manifests
+from hms_offline.bundle.environment import (DEFAULT_KAGGLE_BASE, NetworkBlock, ask_python, local_target,
+                                            make_fresh_env, module_origins, offline_environment, python_version_of,
+                                            site_packages_of)
+from hms_offline.bundle.submission_check import check_submission, read_csv_rows
+from hms_offline.bundle.weights import check_weight_files, read_weights_manifest
+from hms_offline.bundle.wheels import (DEFAULT_PLATFORM, DEFAULT_PYTHON_VERSION, DEFAULT_WHEEL_CACHE,
+                                       KERNEL_WHEEL_PINS, Target, find_cached_wheel)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-import build_bundle as bb  # noqa: E402
+sys.path.insert(0, str(REPO_ROOT))  # build_bundle.py, the command line
+import build_bundle  # noqa: E402
 
 SLUG = "hms-verify-bundle"
 HEADER = ["eeg_id", "seizure_vote", "lpd_vote", "gpd_vote", "lrda_vote", "grda_vote", "other_vote"]
@@ -34,7 +44,7 @@ HEADER = ["eeg_id", "seizure_vote", "lpd_vote", "gpd_vote", "lrda_vote", "grda_v
 
 @pytest.fixture(scope="session")
 def kaggle_base() -> Path:
-    base = Path(os.environ.get("HMS_KAGGLE_BASE", bb.DEFAULT_KAGGLE_BASE))
+    base = Path(os.environ.get("HMS_KAGGLE_BASE", DEFAULT_KAGGLE_BASE))
     if not (base / "bin" / "python").is_file():
         pytest.fail(f"no Kaggle-base venv at {base}: create it once (needs PyPI) with `make kaggle-base`")
     return base
@@ -48,9 +58,9 @@ def base_python(kaggle_base) -> Path:
 @pytest.fixture(scope="session")
 def wheel_cache(base_python) -> Path:
     """The cache holding the pinned wheels for Kaggle's CPython 3.12 and for the local Python."""
-    cache = Path(os.environ.get("HMS_WHEEL_CACHE", bb.DEFAULT_WHEEL_CACHE))
-    for target in (bb.Target(bb.DEFAULT_PYTHON_VERSION, bb.DEFAULT_PLATFORM), bb.local_target(bb.python_version_of(base_python))):
-        missing = [pin for pin in bb.KERNEL_WHEEL_PINS if bb.find_cached_wheel(cache / target.cache_name, pin, target) is None]
+    cache = Path(os.environ.get("HMS_WHEEL_CACHE", DEFAULT_WHEEL_CACHE))
+    for target in (Target(DEFAULT_PYTHON_VERSION, DEFAULT_PLATFORM), local_target(python_version_of(base_python))):
+        missing = [pin for pin in KERNEL_WHEEL_PINS if find_cached_wheel(cache / target.cache_name, pin, target) is None]
         if missing:
             pytest.fail(f"the wheel cache {cache / target.cache_name} lacks {', '.join(missing)}: fill it once (needs "
                         f"PyPI) with `make wheels`")
@@ -64,18 +74,18 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 def base_site_packages(base_python: Path) -> Path:
-    return Path(bb.site_packages_of(base_python)[0])
+    return Path(site_packages_of(base_python)[0])
 
 
 # ----------------------------------------------------------------------------- fresh environment
 
 def test_a_fresh_env_lacks_keras_cv_and_hms_offline_until_the_kernel_installs_them(base_python, tmp_path):
-    python = bb.make_fresh_env(base_python, tmp_path / "env")
+    python = make_fresh_env(base_python, tmp_path / "env")
     for module in ("keras_cv", "hms_offline"):
         attempt = subprocess.run([str(python), "-c", f"import {module}"], cwd=tmp_path, capture_output=True, text=True)
         assert attempt.returncode != 0 and f"No module named '{module}'" in attempt.stderr, module
-    assert bb.module_origins(python) == {"keras_cv": None, "hms_offline": None}
-    seen = bb.ask_python(python, "{m: bool(importlib.util.find_spec(m)) for m in "
+    assert module_origins(python) == {"keras_cv": None, "hms_offline": None}
+    seen = ask_python(python, "{m: bool(importlib.util.find_spec(m)) for m in "
                                  "['tensorflow', 'keras', 'numpy', 'pandas', 'pyarrow', 'sklearn', 'pip']}")
     assert all(seen.values()), seen  # the Kaggle base is there, through the .pth file
 
@@ -102,21 +112,21 @@ def test_a_wheel_of_another_version_shadows_the_base_package_and_leaves_the_base
     """As the kernel installs keras when the image holds another version: into the fresh env only."""
     base = base_site_packages(base_python)
     before = snapshot(base)
-    python = bb.make_fresh_env(base_python, tmp_path / "env")
+    python = make_fresh_env(base_python, tmp_path / "env")
     wheel = fake_wheel(tmp_path, "keras", "0.0.1")
     installed = subprocess.run([str(python), "-m", "pip", "install", "--no-index", "--no-deps",
                                 "--disable-pip-version-check", str(wheel)],
-                               env=bb.offline_environment(tmp_path), cwd=tmp_path, capture_output=True, text=True)
+                               env=offline_environment(tmp_path), cwd=tmp_path, capture_output=True, text=True)
     assert installed.returncode == 0, installed.stdout + installed.stderr
     assert "outside environment" in installed.stdout  # pip declines to uninstall the base's keras
-    assert bb.ask_python(python, "__import__('importlib.metadata').metadata.version('keras')") == "0.0.1"
-    assert Path(bb.module_origins(python, ("keras",))["keras"]).is_relative_to(tmp_path / "env")
-    assert bb.ask_python(base_python, "__import__('importlib.metadata').metadata.version('keras')") != "0.0.1"
+    assert ask_python(python, "__import__('importlib.metadata').metadata.version('keras')") == "0.0.1"
+    assert Path(module_origins(python, ("keras",))["keras"]).is_relative_to(tmp_path / "env")
+    assert ask_python(base_python, "__import__('importlib.metadata').metadata.version('keras')") != "0.0.1"
     assert snapshot(base) == before
 
 
 def test_the_network_block_refuses_connections(tmp_path):
-    block = bb.NetworkBlock.install(tmp_path / "guard")
+    block = NetworkBlock.install(tmp_path / "guard")
     connect = "import socket; socket.create_connection(('1.1.1.1', 443), timeout=5)"
     guarded = block.run([sys.executable, "-c", connect], cwd=tmp_path, timeout=60)
     assert guarded.returncode != 0 and "network access blocked by build_bundle.py --verify" in guarded.stdout
@@ -142,7 +152,7 @@ GOOD_ROWS = [[11, 0.5, 0.5, 0, 0, 0, 0], [22, 0.1, 0.2, 0.3, 0.1, 0.2, 0.1]]
 
 
 def test_a_valid_submission_passes(sample, tmp_path):
-    assert bb.check_submission(write_csv(tmp_path / "submission.csv", HEADER, GOOD_ROWS), sample) == 2
+    assert check_submission(write_csv(tmp_path / "submission.csv", HEADER, GOOD_ROWS), sample) == 2
 
 
 @pytest.mark.parametrize("header, rows, expected", [
@@ -157,14 +167,14 @@ def test_a_valid_submission_passes(sample, tmp_path):
 ])
 def test_an_invalid_submission_is_refused_saying_why(sample, tmp_path, header, rows, expected):
     submission = write_csv(tmp_path / "submission.csv", header, rows)
-    with pytest.raises(bb.BundleError, match="would be refused by Kaggle") as error:
-        bb.check_submission(submission, sample)
+    with pytest.raises(BundleError, match="would be refused by Kaggle") as error:
+        check_submission(submission, sample)
     assert expected in str(error.value) and error.value.exit_code == 1
 
 
 def test_rows_summing_to_one_within_the_tolerance_pass(sample, tmp_path):
     rows = [GOOD_ROWS[0], [22, 0.5, 0.5, 0, 0, 0, 5e-7]]
-    assert bb.check_submission(write_csv(tmp_path / "submission.csv", HEADER, rows), sample) == 2
+    assert check_submission(write_csv(tmp_path / "submission.csv", HEADER, rows), sample) == 2
 
 
 # ----------------------------------------------------------------------------- demo pieces
@@ -177,7 +187,7 @@ def run_manifest(folder: Path, arch: str, folds: list[int], preprocessing: str =
         weights.parent.mkdir(parents=True, exist_ok=True)
         weights.write_bytes(f"{arch} {fold}".encode())
         models.append({"name": f"{arch}_fold{fold}", "arch": arch, "fold": fold, "file": f"fold{fold}/{weights.name}",
-                       "sha256": bb.sha256_of(weights), "ensemble_weight": 1.0, "cv_kl": 0.5})
+                       "sha256": sha256_of(weights), "ensemble_weight": 1.0, "cv_kl": 0.5})
     manifest = {"format_version": 1, "classes": ["seizure", "lpd", "gpd", "lrda", "grda", "other"],
                 "preprocessing": {"name": preprocessing, "params": {}}, "models": models}
     (folder / "weights_manifest.json").write_text(json.dumps(manifest))
@@ -187,12 +197,12 @@ def run_manifest(folder: Path, arch: str, folds: list[int], preprocessing: str =
 def test_merged_manifest_lists_both_runs_with_files_relative_to_it(tmp_path):
     runs = [run_manifest(tmp_path / "demo" / "mobilenetv3_large", "mobilenetv3_large", [0, 1]),
             run_manifest(tmp_path / "demo" / "efficientnetv2_b2", "efficientnetv2_b2", [0, 1])]
-    merged = bb.merge_manifests(runs, tmp_path / "demo" / "weights_manifest.json")
-    manifest = bb.read_weights_manifest(merged)
+    merged = merge_manifests(runs, tmp_path / "demo" / "weights_manifest.json")
+    manifest = read_weights_manifest(merged)
     assert [m["name"] for m in manifest["models"]] == [
         "mobilenetv3_large_fold0", "mobilenetv3_large_fold1", "efficientnetv2_b2_fold0", "efficientnetv2_b2_fold1"]
     assert manifest["models"][2]["file"] == "efficientnetv2_b2/fold0/efficientnetv2_b2_fold0.weights.h5"
-    bb.check_weight_files(manifest, merged.parent)  # every file found, sha256 as listed
+    check_weight_files(manifest, merged.parent)  # every file found, sha256 as listed
     first = json.loads(runs[0].read_text())
     assert {k: v for k, v in manifest.items() if k != "models"} == {k: v for k, v in first.items() if k != "models"}
 
@@ -200,19 +210,19 @@ def test_merged_manifest_lists_both_runs_with_files_relative_to_it(tmp_path):
 def test_merging_runs_that_disagree_or_share_model_names_is_refused(tmp_path):
     mnv3 = run_manifest(tmp_path / "a", "mobilenetv3_large", [0])
     other = run_manifest(tmp_path / "b", "efficientnetv2_b2", [0], preprocessing="something_else")
-    with pytest.raises(bb.BundleError, match="preprocessing differs"):
-        bb.merge_manifests([mnv3, other], tmp_path / "merged.json")
-    with pytest.raises(bb.BundleError, match="share model names"):
-        bb.merge_manifests([mnv3, run_manifest(tmp_path / "c", "mobilenetv3_large", [0])], tmp_path / "merged.json")
+    with pytest.raises(BundleError, match="preprocessing differs"):
+        merge_manifests([mnv3, other], tmp_path / "merged.json")
+    with pytest.raises(BundleError, match="share model names"):
+        merge_manifests([mnv3, run_manifest(tmp_path / "c", "mobilenetv3_large", [0])], tmp_path / "merged.json")
     assert not (tmp_path / "merged.json").exists()
 
 
 def test_class_prior_submission_predicts_the_mean_train_vote_fractions(sample, tmp_path):
     votes = [[3, 0, 0, 0, 0, 1], [0, 2, 0, 0, 0, 0]]
     write_csv(tmp_path / "train.csv", ["eeg_id", *HEADER[1:]], [[i, *row] for i, row in enumerate(votes)])
-    submission = bb.class_prior_submission(tmp_path, tmp_path / "prior.csv")
-    assert bb.check_submission(submission, sample) == 2
-    header, rows = bb.read_csv_rows(submission)
+    submission = class_prior_submission(tmp_path, tmp_path / "prior.csv")
+    assert check_submission(submission, sample) == 2
+    header, rows = read_csv_rows(submission)
     assert header == HEADER and [row[0] for row in rows] == ["11", "22"]
     for row in rows:
         assert [float(v) for v in row[1:]] == pytest.approx([0.375, 0.5, 0, 0, 0, 0.125])
@@ -225,12 +235,12 @@ def test_verify_without_a_kaggle_base_says_how_to_make_it(tmp_path, caplog):
     (tmp_path / "dist" / "kernel" / "inference.py").write_text("")
     (tmp_path / "dist" / SLUG / "wheels").mkdir(parents=True)
     (tmp_path / "dist" / SLUG / "wheels" / "lock.json").write_text("{}")
-    assert bb.main(["--verify", str(tmp_path / "dist"), "--kaggle-base", str(tmp_path / "none"), "--offline"]) == 2
+    assert build_bundle.main(["--verify", str(tmp_path / "dist"), "--kaggle-base", str(tmp_path / "none"), "--offline"]) == 2
     assert "make kaggle-base" in caplog.text
 
 
 def test_verify_of_a_folder_without_a_bundle_is_a_clear_error(tmp_path, caplog):
-    assert bb.main(["--verify", str(tmp_path), "--offline"]) == 2
+    assert build_bundle.main(["--verify", str(tmp_path), "--offline"]) == 2
     assert "holds no built bundle" in caplog.text
 
 
@@ -240,7 +250,7 @@ def test_verify_of_a_folder_without_a_bundle_is_a_clear_error(tmp_path, caplog):
 def built_dist(tmp_path_factory, freshly_initialised_bundle, wheel_cache) -> Path:
     """The bundle of the freshly initialised fold weights (both archs), built --offline for Kaggle."""
     out = tmp_path_factory.mktemp("verify") / "dist"
-    assert bb.main(["--kaggle-user", "alice", "--dataset-slug", SLUG, "--manifest",
+    assert build_bundle.main(["--kaggle-user", "alice", "--dataset-slug", SLUG, "--manifest",
                     str(freshly_initialised_bundle / "weights_manifest.json"), "--out", str(out),
                     "--wheel-cache", str(wheel_cache), "--offline"]) == 0
     return out
@@ -250,11 +260,11 @@ def built_dist(tmp_path_factory, freshly_initialised_bundle, wheel_cache) -> Pat
 def test_verify_runs_the_built_kernel_offline_in_a_fresh_env(built_dist, kaggle_base, base_python, wheel_cache, capsys):
     dist_before = {p: (built_dist / p).read_bytes() for p in snapshot(built_dist)}
     base_before = snapshot(base_site_packages(base_python))
-    assert bb.main(["--verify", str(built_dist), "--kaggle-base", str(kaggle_base),
+    assert build_bundle.main(["--verify", str(built_dist), "--kaggle-base", str(kaggle_base),
                     "--wheel-cache", str(wheel_cache), "--offline"]) == 0
     printed = capsys.readouterr().out
     lock = json.loads((built_dist / SLUG / "wheels" / "lock.json").read_text())
-    in_base = bb.ask_python(base_python, "{d.metadata['Name'].lower().replace('_', '-'): d.version "
+    in_base = ask_python(base_python, "{d.metadata['Name'].lower().replace('_', '-'): d.version "
                                          "for d in __import__('importlib.metadata').metadata.distributions()}")
     expected = [p["name"] for p in lock["packages"] if in_base.get(p["name"]) is None
                 or (p["install_if"] != "missing" and in_base[p["name"]] != p["version"])]
@@ -274,6 +284,6 @@ def test_verify_fails_loudly_when_the_kernel_fails(built_dist, kaggle_base, whee
     broken = tmp_path / "dist"
     shutil.copytree(built_dist, broken)
     next((broken / SLUG / "weights").glob("efficientnetv2_b2*")).unlink()
-    assert bb.main(["--verify", str(broken), "--kaggle-base", str(kaggle_base),
+    assert build_bundle.main(["--verify", str(broken), "--kaggle-base", str(kaggle_base),
                     "--wheel-cache", str(wheel_cache), "--offline"]) == 1
     assert "the kernel failed offline" in caplog.text and "missing" in caplog.text

@@ -1,0 +1,1 @@
+"""What build_bundle.py runs, one module per concern; they import only the standard library."""

@@ -1,0 +1,96 @@
+"""--demo's pieces: the demo's small training runs of both architectures, their manifests
+merged into one ensemble, the class-prior baseline and its score."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from .common import LOG, PACKAGE, REPO_ROOT, BundleError, run, write_json
+from .submission_check import read_csv_rows
+from .verify import parse_score, score_command
+from .weights import duplicate_names, read_weights_manifest
+
+DEMO_DIR = REPO_ROOT / "runs" / "demo"
+DEMO_KAGGLE_USER = "demo"
+DEMO_SYNTHETIC = {"n_train": 160, "n_test": 16, "seed": 0}
+# Small on purpose, to take minutes on 2 CPU cores: a few short epochs of small batches,
+# 2 folds of MobileNetV3 Large and 1 of the much slower EfficientNetV2 B2. So few steps need
+# what the full recipe does not: a higher peak learning rate, a BatchNormalization momentum
+# whose moving statistics settle within them, no MixUp or masking (they slow learning down).
+DEMO_TRAINING = ("--n-splits", "2", "--batch-size", "8", "--warmup-epochs", "0.5", "--peak-learning-rate", "1e-3",
+                 "--bn-momentum", "0.5", "--mixup-p", "0", "--time-mask-p", "0", "--freq-mask-p", "0",
+                 "--progress", "epoch")
+DEMO_RUNS = {
+    "mobilenetv3_large": ("--folds", "all", "--epochs", "4", "--steps-per-epoch", "8"),
+    "efficientnetv2_b2": ("--folds", "0", "--epochs", "2", "--steps-per-epoch", "4"),
+}
+FOLDS_NAME = "folds.csv"
+CV_NAME = "cv.json"
+
+
+def train_demo_runs(data: Path, folder: Path) -> list[Path]:
+    """One run per architecture with the real training command; later runs reuse the first
+    run's folds, so every architecture holds out the same patients per fold."""
+    runs = []
+    env = {"TF_CPP_MIN_LOG_LEVEL": "2", **os.environ}
+    for arch, flags in DEMO_RUNS.items():
+        run_dir = folder / arch
+        same_folds = ("--folds-file", str(runs[0] / FOLDS_NAME)) if runs else ()
+        LOG.info("training %s on %s -> %s", arch, data, run_dir)
+        run([sys.executable, "-m", PACKAGE, "train", "--data-dir", str(data), "--arch", arch, "--out", str(run_dir),
+             "--work-dir", str(folder / "spectrograms"), *DEMO_TRAINING, *flags, *same_folds],
+            quiet=False, env=env, cwd=REPO_ROOT, what=f"training {arch}")
+        runs.append(run_dir)
+    return runs
+
+
+def merge_manifests(paths: list[Path], out: Path) -> Path:
+    """One manifest listing the models of several runs' manifests, each `file` made relative
+    to `out`'s folder. The runs must agree on format, classes and preprocessing."""
+    manifests = [read_weights_manifest(path) for path in paths]
+    for path, manifest in zip(paths[1:], manifests[1:]):
+        for key in ("format_version", "classes", "preprocessing"):
+            if manifest.get(key) != manifests[0].get(key):
+                raise BundleError(f"{path}: {key} differs from {paths[0]}'s; one ensemble needs the same")
+    models = [
+        {**model, "file": Path(os.path.relpath(path.parent.resolve() / model["file"], out.parent.resolve())).as_posix()}
+        for path, manifest in zip(paths, manifests) for model in manifest["models"]
+    ]
+    duplicates = duplicate_names(models)
+    if duplicates:
+        raise BundleError(f"the manifests {[str(p) for p in paths]} share model names {duplicates}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, {**manifests[0], "models": models})
+    return out
+
+
+def class_prior_submission(data: Path, out: Path) -> Path:
+    """The class-prior baseline: the mean vote fractions of train.csv's rows, predicted for
+    every row of sample_submission.csv."""
+    header, sample_rows = read_csv_rows(data / "sample_submission.csv")
+    columns = header[1:]
+    with open(data / "train.csv", newline="", encoding="utf-8") as handle:
+        votes = [[float(row[column]) for column in columns] for row in csv.DictReader(handle)]
+    fractions = [[vote / sum(row) for vote in row] for row in votes]
+    prior = [math.fsum(column) / len(fractions) for column in zip(*fractions)]
+    with open(out, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows([row[0], *map(repr, prior)] for row in sample_rows)
+    return out
+
+
+def score_locally(solution: Path, submission: Path) -> float:
+    return parse_score(run(score_command(Path(sys.executable), solution, submission), quiet=True, cwd=REPO_ROOT,
+                           what="scoring").stdout)
+
+
+def describe_run(run_dir: Path) -> str:
+    cv = json.loads((run_dir / CV_NAME).read_text(encoding="utf-8"))
+    return (f"{cv['arch']:<18} folds {','.join(map(str, cv['folds']))}: CV KL {cv['cv_kl']:.4f} on "
+            f"{cv['oof_rows']} out-of-fold rows (class-prior baseline {cv['prior_kl']:.4f})")
