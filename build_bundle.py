@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Pack hms_offline, the wheels the kernel needs and the trained weights for Kaggle.
 
-    python build_bundle.py --kaggle-user USER [--manifest weights_manifest.json] [--out dist]
+    python build_bundle.py --kaggle-user USER [--manifest weights_manifest.json ...] [--out dist]
         [--dataset-slug hms-offline-bundle] [--python-version 3.12]
         [--platform manylinux2014_x86_64] [--gpu] [--push]
     python build_bundle.py --fetch-wheels [--python-version 3.12] [--platform ...]
@@ -57,11 +57,11 @@ from pathlib import Path
 from hms_offline.bundle.build import DEFAULT_DATASET_SLUG, BuildOptions, build_bundle
 from hms_offline.bundle.common import LOG, MANIFEST_NAME, REPO_ROOT, BundleError, display_path, human_size
 from hms_offline.bundle.demo import (DEMO_DIR, DEMO_KAGGLE_USER, DEMO_SYNTHETIC, class_prior_submission,
-                                     describe_run, merge_manifests, score_locally, train_demo_runs)
+                                     describe_run, score_locally, train_demo_runs)
 from hms_offline.bundle.environment import DEFAULT_KAGGLE_BASE, KAGGLE_BASE_SETUP
 from hms_offline.bundle.kaggle_cli import print_upload_commands, push_bundle, upload_commands
 from hms_offline.bundle.verify import print_verification, synthesize_competition, verify_bundle
-from hms_offline.bundle.weights import read_weights_manifest
+from hms_offline.bundle.weights import merge_manifests, read_weights_manifest
 from hms_offline.bundle.wheels import (DEFAULT_PLATFORM, DEFAULT_PYTHON_VERSION, DEFAULT_WHEEL_CACHE,
                                        check_pins_against_image, ensure_cached_wheels, parse_target)
 
@@ -70,8 +70,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kaggle-user", help="your Kaggle user name (owner of the dataset and kernel)")
-    parser.add_argument("--manifest", type=Path,
-                        help=f"weights manifest of the ensemble to ship (default: the repo's {MANIFEST_NAME})")
+    parser.add_argument("--manifest", type=Path, action="append",
+                        help=f"weights manifest of the ensemble to ship (default: the repo's {MANIFEST_NAME}); "
+                             "repeat it to ship the models of several runs as one ensemble")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "dist", help="output folder (default: dist/)")
     parser.add_argument("--dataset-slug", default=DEFAULT_DATASET_SLUG, help="Kaggle dataset slug")
     parser.add_argument("--python-version", default=DEFAULT_PYTHON_VERSION, help="Python of the Kaggle image")
@@ -124,12 +125,15 @@ def verify_command(args: argparse.Namespace) -> int:
 def build_command(args: argparse.Namespace) -> int:
     if not args.kaggle_user:
         raise BundleError("--kaggle-user is required to build a bundle")
-    options = BuildOptions(
-        kaggle_user=args.kaggle_user, manifest=args.manifest or args.repo / MANIFEST_NAME, out=args.out.resolve(),
-        dataset_slug=args.dataset_slug, target=parse_target(args.python_version, args.platform),
-        gpu=args.gpu, wheel_cache=args.wheel_cache.resolve(), offline=args.offline, repo=args.repo.resolve(),
-    )
-    result = build_bundle(options)
+    manifests = args.manifest or [args.repo / MANIFEST_NAME]
+    with tempfile.TemporaryDirectory(prefix="hms-manifest-") as scratch:
+        manifest = manifests[0] if len(manifests) == 1 else merge_manifests(manifests, Path(scratch) / MANIFEST_NAME)
+        options = BuildOptions(
+            kaggle_user=args.kaggle_user, manifest=manifest, out=args.out.resolve(),
+            dataset_slug=args.dataset_slug, target=parse_target(args.python_version, args.platform),
+            gpu=args.gpu, wheel_cache=args.wheel_cache.resolve(), offline=args.offline, repo=args.repo.resolve(),
+        )
+        result = build_bundle(options)
     print(f"Built {display_path(result.dataset_dir)} ({human_size(result.total_size)}) and "
           f"{display_path(result.kernel_dir)}; hms_offline {result.version}")
     commands = upload_commands(result, f"hms-offline {result.version}")

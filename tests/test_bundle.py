@@ -416,3 +416,21 @@ def test_version_stamp_in_a_source_copy(tmp_path, style):
     assert '__version__ = "0.2.0+g0123456.dirty"' in (tmp_path / "hms_offline" / "__init__.py").read_text()
     if style == "static":
         assert 'version = "0.2.0+g0123456.dirty"' in (tmp_path / "pyproject.toml").read_text()
+
+
+def test_several_manifests_ship_as_one_ensemble(tmp_path, source_repo, weights_manifest, wheel_cache):
+    """`--manifest A --manifest B`: the models of both runs, each weight file checked and copied."""
+    original = json.loads(weights_manifest.read_text())
+    other = tmp_path / "other_run" / "weights_manifest.json"
+    other.parent.mkdir()
+    renamed = [{**model, "name": model["name"] + "_seed2",
+                "file": os.path.relpath(weights_manifest.parent / model["file"], other.parent)}
+               for model in original["models"]]
+    other.write_text(json.dumps({**original, "models": renamed}))
+    assert build_bundle.main(["--kaggle-user", USER, "--dataset-slug", SLUG, "--manifest", str(weights_manifest),
+                              "--manifest", str(other), "--out", str(tmp_path / "dist"), "--repo", str(source_repo),
+                              "--wheel-cache", str(wheel_cache), "--offline"]) == 0
+    bundled = json.loads((tmp_path / "dist" / SLUG / "weights_manifest.json").read_text())
+    assert [m["name"] for m in bundled["models"]] == [m["name"] for m in original["models"]] + [m["name"] for m in renamed]
+    for model in bundled["models"]:
+        assert sha256(tmp_path / "dist" / SLUG / model["file"]) == model["sha256"]

@@ -23,12 +23,12 @@ from pathlib import Path
 import pytest
 
 from hms_offline.bundle.common import BundleError, sha256_of
-from hms_offline.bundle.demo import class_prior_submission, merge_manifests
+from hms_offline.bundle.demo import class_prior_submission
 from hms_offline.bundle.environment import (DEFAULT_KAGGLE_BASE, NetworkBlock, ask_python, local_target,
                                             make_fresh_env, module_origins, offline_environment, python_version_of,
                                             site_packages_of)
 from hms_offline.bundle.submission_check import check_submission, read_csv_rows
-from hms_offline.bundle.weights import check_weight_files, read_weights_manifest
+from hms_offline.bundle.weights import check_weight_files, merge_manifests, read_weights_manifest
 from hms_offline.bundle.wheels import (DEFAULT_PLATFORM, DEFAULT_PYTHON_VERSION, DEFAULT_WHEEL_CACHE,
                                        KERNEL_WHEEL_PINS, Target, find_cached_wheel)
 

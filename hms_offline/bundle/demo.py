@@ -10,10 +10,9 @@ import os
 import sys
 from pathlib import Path
 
-from .common import LOG, PACKAGE, REPO_ROOT, BundleError, run, write_json
+from .common import LOG, PACKAGE, REPO_ROOT, run
 from .submission_check import read_csv_rows
 from .verify import parse_score, score_command
-from .weights import duplicate_names, read_weights_manifest
 
 DEMO_DIR = REPO_ROOT / "runs" / "demo"
 DEMO_KAGGLE_USER = "demo"
@@ -47,26 +46,6 @@ def train_demo_runs(data: Path, folder: Path) -> list[Path]:
             quiet=False, env=env, cwd=REPO_ROOT, what=f"training {arch}")
         runs.append(run_dir)
     return runs
-
-
-def merge_manifests(paths: list[Path], out: Path) -> Path:
-    """One manifest listing the models of several runs' manifests, each `file` made relative
-    to `out`'s folder. The runs must agree on format, classes and preprocessing."""
-    manifests = [read_weights_manifest(path) for path in paths]
-    for path, manifest in zip(paths[1:], manifests[1:]):
-        for key in ("format_version", "classes", "preprocessing"):
-            if manifest.get(key) != manifests[0].get(key):
-                raise BundleError(f"{path}: {key} differs from {paths[0]}'s; one ensemble needs the same")
-    models = [
-        {**model, "file": Path(os.path.relpath(path.parent.resolve() / model["file"], out.parent.resolve())).as_posix()}
-        for path, manifest in zip(paths, manifests) for model in manifest["models"]
-    ]
-    duplicates = duplicate_names(models)
-    if duplicates:
-        raise BundleError(f"the manifests {[str(p) for p in paths]} share model names {duplicates}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out, {**manifests[0], "models": models})
-    return out
 
 
 def class_prior_submission(data: Path, out: Path) -> Path:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
-from .common import LOG, BundleError, human_size, sha256_of
+from .common import LOG, BundleError, human_size, sha256_of, write_json
 
 
 def read_weights_manifest(path: Path) -> dict:
@@ -91,3 +92,23 @@ def copy_and_hash(source: Path, destination: Path) -> str:
             writer.write(chunk)
     destination.chmod(0o644)
     return digest.hexdigest()
+
+
+def merge_manifests(paths: list[Path], out: Path) -> Path:
+    """One manifest listing the models of several runs' manifests, each `file` made relative
+    to `out`'s folder. The runs must agree on format, classes and preprocessing."""
+    manifests = [read_weights_manifest(path) for path in paths]
+    for path, manifest in zip(paths[1:], manifests[1:]):
+        for key in ("format_version", "classes", "preprocessing"):
+            if manifest.get(key) != manifests[0].get(key):
+                raise BundleError(f"{path}: {key} differs from {paths[0]}'s; one ensemble needs the same")
+    models = [
+        {**model, "file": Path(os.path.relpath(path.parent.resolve() / model["file"], out.parent.resolve())).as_posix()}
+        for path, manifest in zip(paths, manifests) for model in manifest["models"]
+    ]
+    duplicates = duplicate_names(models)
+    if duplicates:
+        raise BundleError(f"the manifests {[str(p) for p in paths]} share model names {duplicates}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, {**manifests[0], "models": models})
+    return out
