@@ -65,8 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, help="competition folder (found under /kaggle/input on Kaggle)")
     parser.add_argument("--bundle-dir", type=Path, help="folder with weights_manifest.json (found under /kaggle/input on Kaggle)")
     parser.add_argument("--output", type=Path, default=KAGGLE_WORKING / "submission.csv" if on_kaggle else None)
-    parser.add_argument("--work-dir", type=Path, default=KAGGLE_WORKING / "hms_work" if on_kaggle else None,
-                        help="scratch folder for converted test spectrograms (default: a temp dir)")
+    parser.add_argument("--work-dir", type=Path,
+                        help="scratch folder for converted test spectrograms (default: a temp dir, removed at the "
+                             "end, so on Kaggle they do not land among the notebook's outputs in /kaggle/working)")
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args(argv)
     if not on_kaggle and None in (args.data_dir, args.bundle_dir, args.output):
