@@ -275,21 +275,23 @@ def _convert_pending(
 
 
 def convert_tree(
-    src: Path, dst: Path, workers: int | None = None, progress: bool = True
+    src: Path, dst: Path, workers: int | None = None, progress: bool = True, only: set[str] | None = None
 ) -> list[Path]:
     """Convert a competition folder (its train/test spectrogram and EEG subfolders) or a
     folder of parquet files into .npy files under `dst`; files already up to date (the .npy
     no older than its parquet) are skipped.
 
     `workers` processes convert in parallel (default: the CPU count; 1 converts in this
-    process). Every file is tried; then a ValueError lists all that failed. Returns the
-    sorted .npy paths.
+    process). `only`, a set of file stems, limits the work to those files. Every file is
+    tried; then a ValueError lists all that failed. Returns the sorted .npy paths.
     """
     src, dst = Path(src), Path(dst)
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     planned = _planned_files(src, dst)
+    if only is not None:
+        planned = [pair for pair in planned if pair[0].stem in only]
     pending = [pair for pair in planned if not _is_up_to_date(*pair)]
     started = time.perf_counter()
     failures = _convert_pending(pending, workers, progress) if pending else {}

@@ -67,7 +67,7 @@ def prepare_spectrograms(
     check_files(source, labels, ".parquet")
     target = Path(work_dir or default_cache_dir(data_dir)) / SPECTROGRAM_FOLDER
     log.info("converting %s -> %s (files up to date are skipped)", source, target)
-    convert_tree(source, target)
+    convert_tree(source, target, only={str(sid) for sid in labels["spectrogram_id"].unique()})
     return target
 
 

@@ -36,12 +36,14 @@ class PredictionSummary:
     models: list[str] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     model_seconds: dict[str, float] = field(default_factory=dict)
+    fallbacks: list = field(default_factory=list)  # spectrogram ids predicted as uniform
 
     def lines(self) -> list[str]:
         out = [
             f"submission rows: {self.rows}",
             f"test spectrograms: {self.spectrograms}",
             f"models: {len(self.models)} ({', '.join(self.models)})",
+            f"uniform fallbacks: {len(self.fallbacks)}" + (f" ({self.fallbacks[:10]})" if self.fallbacks else ""),
         ]
         out += [f"stage {name}: {seconds:.1f} s" for name, seconds in self.stage_seconds.items()]
         out += [f"model {name}: {seconds:.1f} s" for name, seconds in self.model_seconds.items()]
@@ -105,18 +107,55 @@ def spectrogram_file(folder: Path, spectrogram_id) -> Path:
     return path
 
 
+def load_image(folder: Path, spectrogram_id) -> np.ndarray:
+    return model_input(np.load(spectrogram_file(folder, spectrogram_id)))
+
+
 def load_batch(folder: Path, spectrogram_ids) -> np.ndarray:
-    return np.stack([model_input(np.load(spectrogram_file(folder, sid))) for sid in spectrogram_ids])
+    return np.stack([load_image(folder, sid) for sid in spectrogram_ids])
 
 
-def predict_spectrograms(ensemble: Ensemble, folder: Path, spectrogram_ids, batch_size: int) -> np.ndarray:
-    """Probabilities for each spectrogram id, in the given order, one batch in memory at a time."""
+def uniform_prediction() -> np.ndarray:
+    return np.full(len(CLASSES), 1.0 / len(CLASSES))
+
+
+def is_probability_row(row: np.ndarray) -> bool:
+    return bool(np.isfinite(row).all() and (row >= 0).all() and row.sum() > 0)
+
+
+def predict_spectrograms(
+    ensemble: Ensemble, folder: Path, spectrogram_ids, batch_size: int
+) -> tuple[np.ndarray, list]:
+    """Probabilities for each spectrogram id, in the given order, one batch in memory at a time.
+
+    On a hidden test set nobody can inspect, one unreadable file or one non-finite output
+    must not cost the whole submission: such a spectrogram gets the uniform distribution,
+    and its id is returned (second value) and logged as an error.
+    """
     out = np.zeros((len(spectrogram_ids), len(CLASSES)), dtype=np.float64)
+    fallbacks = []
     starts = range(0, len(spectrogram_ids), batch_size)
     for start in tqdm(starts, desc="predict", unit="batch", disable=None):
-        ids = spectrogram_ids[start : start + batch_size]
-        out[start : start + len(ids)] = ensemble.predict(load_batch(folder, ids))
-    return out
+        images, positions = [], []
+        for position, sid in enumerate(spectrogram_ids[start : start + batch_size], start):
+            try:
+                images.append(load_image(folder, sid))
+                positions.append(position)
+            except (OSError, ValueError) as error:
+                log.error("test spectrogram %s unreadable (%s): predicting the uniform distribution", sid, error)
+                fallbacks.append(sid)
+                out[position] = uniform_prediction()
+        if images:
+            out[positions] = ensemble.predict(np.stack(images))
+        for position in positions:
+            if not is_probability_row(out[position]):
+                log.error("test spectrogram %s: non-finite ensemble output, predicting the uniform distribution",
+                          spectrogram_ids[position])
+                fallbacks.append(spectrogram_ids[position])
+                out[position] = uniform_prediction()
+    if len(fallbacks) == len(spectrogram_ids):
+        raise ValueError(f"no test spectrogram could be predicted ({len(fallbacks)} tried): see the errors above")
+    return out, fallbacks
 
 
 def predict_competition(
@@ -138,15 +177,19 @@ def predict_competition(
         with timed(stages, "read csv"):
             test = read_test_rows(data_dir / "test.csv")
             sample = read_sample_submission(data_dir / "sample_submission.csv")
+        unique_ids = test["spectrogram_id"].drop_duplicates().tolist()
         with timed(stages, "convert"):
             converted = work_dir / "test_spectrograms"
-            convert_tree(data_dir / "test_spectrograms", converted, workers=workers)
+            try:
+                convert_tree(data_dir / "test_spectrograms", converted, workers=workers,
+                             only={str(sid) for sid in unique_ids})
+            except ValueError as error:  # the files that did convert are still used
+                log.error("%s", error)
         with timed(stages, "load models"):
             manifest, root = load_manifest(bundle_dir)
             ensemble = Ensemble(manifest, load_models(manifest, root))
         with timed(stages, "predict"):
-            unique_ids = test["spectrogram_id"].drop_duplicates().tolist()
-            per_spectrogram = predict_spectrograms(ensemble, converted, unique_ids, batch_size)
+            per_spectrogram, summary.fallbacks = predict_spectrograms(ensemble, converted, unique_ids, batch_size)
             row_index = test["spectrogram_id"].map({sid: i for i, sid in enumerate(unique_ids)})
             per_row = per_spectrogram[row_index.to_numpy()]
         with timed(stages, "write"):

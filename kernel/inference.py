@@ -69,7 +69,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="scratch folder for converted test spectrograms (default: a temp dir, removed at the "
                              "end, so on Kaggle they do not land among the notebook's outputs in /kaggle/working)")
     parser.add_argument("--batch-size", type=int, default=16)
-    args = parser.parse_args(argv)
+    # parse_known_args: run from a notebook cell, sys.argv holds ipykernel's own flags.
+    args, ignored = parser.parse_known_args(argv)
+    if ignored:
+        log.info("ignoring arguments not meant for this script: %s", " ".join(ignored))
     if not on_kaggle and None in (args.data_dir, args.bundle_dir, args.output):
         parser.error("--data-dir, --bundle-dir and --output are required outside Kaggle (no /kaggle/input here)")
     args.data_dir = args.data_dir or find_dir(
@@ -132,7 +135,8 @@ def install_bundle_wheels(bundle_dir: Path) -> list[str]:
 
 def import_hms_offline(bundle_dir: Path):
     """The installed hms_offline, else the one in the bundle or beside this script."""
-    for candidate in (None, bundle_dir, Path(__file__).resolve().parents[1]):
+    beside_script = [Path(globals()["__file__"]).resolve().parents[1]] if "__file__" in globals() else []
+    for candidate in (None, bundle_dir, *beside_script):
         if candidate is not None:
             if not (candidate / "hms_offline" / "__init__.py").is_file():
                 continue
@@ -180,4 +184,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status:  # a clean finish raises nothing: in a notebook cell even SystemExit(0) shows as an error
+        sys.exit(status)

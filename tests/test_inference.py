@@ -6,7 +6,7 @@ import pytest
 
 from hms_offline.constants import ID_COLUMN, VOTE_COLUMNS
 from hms_offline.convert import read_spectrogram
-from hms_offline.inference import Ensemble, load_models, predict_competition
+from hms_offline.inference import Ensemble, load_models, predict_competition, predict_spectrograms
 from hms_offline.manifest import Manifest, ManifestError, ModelEntry, load_manifest
 from hms_offline.metric import score_files
 from hms_offline.preprocess import model_input
@@ -124,3 +124,41 @@ def test_predict_command_reports_a_bad_bundle_clearly(synthetic_competition, tmp
     assert result.returncode == 2
     assert "lists no models" in result.stderr
     assert not (tmp_path / "submission.csv").exists()
+
+
+def test_an_unreadable_spectrogram_gets_the_uniform_fallback_not_a_failed_run(tmp_path):
+    np.save(tmp_path / "1.npy", np.ones((400, 300), dtype=np.float32))
+    (tmp_path / "2.npy").write_bytes(b"truncated")
+    ensemble = Ensemble(Manifest(models=[entry("a", 1.0)]), [ConstantModel([0.5, 0.5, 0, 0, 0, 0])])
+    probabilities, fallbacks = predict_spectrograms(ensemble, tmp_path, [1, 2, 3], batch_size=2)
+    assert fallbacks == [2, 3]  # 2 unreadable, 3 missing
+    np.testing.assert_allclose(probabilities, [[0.5, 0.5, 0, 0, 0, 0], [1 / 6] * 6, [1 / 6] * 6])
+
+
+def test_non_finite_outputs_fall_back_and_nothing_predictable_is_an_error(tmp_path):
+    np.save(tmp_path / "1.npy", np.ones((400, 300), dtype=np.float32))
+    ensemble = Ensemble(Manifest(models=[entry("a", 1.0)]), [ConstantModel([np.nan, 1, 0, 0, 0, 0])])
+    with pytest.raises(ValueError, match="no test spectrogram could be predicted"):
+        predict_spectrograms(ensemble, tmp_path, [1], batch_size=4)
+
+
+def test_a_corrupt_test_file_costs_only_its_own_rows(synthetic_competition, freshly_initialised_bundle, tmp_path,
+                                                     monkeypatch):
+    import shutil
+
+    import hms_offline.inference as inference
+
+    data = tmp_path / "competition"
+    shutil.copytree(synthetic_competition, data)
+    test = pd.read_csv(data / "test.csv")
+    broken = test["spectrogram_id"].iloc[0]
+    (data / "test_spectrograms" / f"{broken}.parquet").write_bytes(b"not parquet")
+    (data / "test_spectrograms" / "999.parquet").write_bytes(b"not in test.csv, never read")
+    monkeypatch.setattr(inference, "load_models", lambda manifest, root: [ConstantModel([1, 0, 0, 0, 0, 0])] * 3)
+    summary = predict_competition(data, freshly_initialised_bundle, tmp_path / "submission.csv")
+    submission = pd.read_csv(tmp_path / "submission.csv").set_index(ID_COLUMN)
+    assert summary.fallbacks == [broken]
+    broken_eeg = test.loc[test["spectrogram_id"] == broken, ID_COLUMN].iloc[0]
+    np.testing.assert_allclose(submission.loc[broken_eeg].to_numpy(), [1 / 6] * 6)
+    others = submission.drop(index=broken_eeg).to_numpy()
+    np.testing.assert_allclose(others, np.tile([1, 0, 0, 0, 0, 0], (len(others), 1)))

@@ -70,3 +70,14 @@ def test_a_failed_install_names_the_package(kernel, tmp_path):
     ]}))
     with pytest.raises(SystemExit, match="installing surely-not-installed-pkg==1.0 .* failed"):
         kernel.install_bundle_wheels(tmp_path)
+
+
+def test_runs_from_a_notebook_cell_without_file_and_with_ipykernel_arguments(tmp_path, monkeypatch):
+    """Pasted into a Kaggle notebook cell: no __file__, and sys.argv holds ipykernel's flags."""
+    namespace = {"__name__": "kernel_in_a_cell"}
+    exec(compile((REPO_ROOT / "kernel" / "inference.py").read_text(), "<cell>", "exec"), namespace)
+    monkeypatch.setattr("sys.argv", ["ipykernel_launcher.py", "-f", "/root/.local/kernel-1.json"])
+    args = namespace["parse_args"](["-f", "/root/.local/kernel-1.json", "--data-dir", str(tmp_path),
+                                     "--bundle-dir", str(tmp_path), "--output", str(tmp_path / "s.csv")])
+    assert (args.data_dir, args.output) == (tmp_path, tmp_path / "s.csv")
+    assert namespace["import_hms_offline"](tmp_path).__name__ == "hms_offline"
