@@ -14,7 +14,10 @@ writes two folders under --out:
         weights_manifest.json, dataset-metadata.json, README.md, BUNDLE.json
     kernel/                the Kaggle *kernel*: inference.py, kernel-metadata.json
 
-and prints the `kaggle` commands that upload them (`--push` runs them).
+and prints the `kaggle` commands that upload them (`--push` runs them). Every --manifest is
+first checked by the kernel's own loader (`python -m hms_offline check-manifest`, run by this
+Python): a bundle the kernel would refuse is never built. The kernel's inference.py gets the
+dataset id written into its BUNDLE_DATASET line, so that on Kaggle it finds its own bundle.
 
 Wheels are downloaded once into a cache (--wheel-cache, default .cache/wheels/, one
 folder per target <python-version>-<platform>), so a rebuild needs no network;
@@ -125,15 +128,11 @@ def verify_command(args: argparse.Namespace) -> int:
 def build_command(args: argparse.Namespace) -> int:
     if not args.kaggle_user:
         raise BundleError("--kaggle-user is required to build a bundle")
-    manifests = args.manifest or [args.repo / MANIFEST_NAME]
-    with tempfile.TemporaryDirectory(prefix="hms-manifest-") as scratch:
-        manifest = manifests[0] if len(manifests) == 1 else merge_manifests(manifests, Path(scratch) / MANIFEST_NAME)
-        options = BuildOptions(
-            kaggle_user=args.kaggle_user, manifest=manifest, out=args.out.resolve(),
-            dataset_slug=args.dataset_slug, target=parse_target(args.python_version, args.platform),
-            gpu=args.gpu, wheel_cache=args.wheel_cache.resolve(), offline=args.offline, repo=args.repo.resolve(),
-        )
-        result = build_bundle(options)
+    result = build_bundle(BuildOptions(
+        kaggle_user=args.kaggle_user, manifests=args.manifest or [args.repo / MANIFEST_NAME], out=args.out.resolve(),
+        dataset_slug=args.dataset_slug, target=parse_target(args.python_version, args.platform),
+        gpu=args.gpu, wheel_cache=args.wheel_cache.resolve(), offline=args.offline, repo=args.repo.resolve(),
+    ))
     print(f"Built {display_path(result.dataset_dir)} ({human_size(result.total_size)}) and "
           f"{display_path(result.kernel_dir)}; hms_offline {result.version}")
     commands = upload_commands(result, f"hms-offline {result.version}")
@@ -151,7 +150,7 @@ def demo_command(args: argparse.Namespace) -> int:
     runs = train_demo_runs(data, DEMO_DIR)
     manifest = merge_manifests([run_dir / MANIFEST_NAME for run_dir in runs], DEMO_DIR / MANIFEST_NAME)
     built = build_bundle(BuildOptions(
-        kaggle_user=DEMO_KAGGLE_USER, manifest=manifest, out=DEMO_DIR / "dist", dataset_slug=args.dataset_slug,
+        kaggle_user=DEMO_KAGGLE_USER, manifests=[manifest], out=DEMO_DIR / "dist", dataset_slug=args.dataset_slug,
         target=parse_target(args.python_version, args.platform), gpu=False, wheel_cache=args.wheel_cache.resolve(),
         offline=args.offline, repo=args.repo.resolve(),
     ))

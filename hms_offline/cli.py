@@ -40,8 +40,18 @@ def _predict(args: argparse.Namespace) -> int:
         output=args.output,
         work_dir=args.work_dir,
         batch_size=args.batch_size,
+        strict=args.strict,
     )
     return 0
+
+
+def _check_manifest(args: argparse.Namespace) -> int:
+    from hms_offline.manifest import manifest_problems
+
+    problems = [problem for path in args.paths for problem in manifest_problems(path)]
+    for problem in problems:
+        print(problem)
+    return 1 if problems else 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -58,6 +68,17 @@ def _report(args: argparse.Namespace) -> int:
     table = compare_runs(args.runs, args.out, speed_images=args.speed_images, speed_batch_size=args.speed_batch_size)
     print(table.to_string(index=False))
     return 0
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,8 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", type=Path, default=Path("submission.csv"))
     predict.add_argument("--work-dir", type=Path, default=None,
                          help="scratch folder for converted spectrograms (default: a temp dir)")
-    predict.add_argument("--batch-size", type=int, default=16)
+    predict.add_argument("--batch-size", type=positive_int, default=16)
+    predict.add_argument("--strict", action="store_true",
+                         help="any fallback row, dropped model or set-aside test row is an error "
+                              "(for dry runs and CI; on Kaggle the default writes the submission regardless)")
     predict.set_defaults(handler=_predict)
+
+    check_manifest = commands.add_parser(
+        "check-manifest", help="what the kernel would refuse in a weights manifest (exit 1 if anything)")
+    check_manifest.add_argument("paths", type=Path, nargs="+", metavar="PATH",
+                                help="weights_manifest.json, or a folder holding one")
+    check_manifest.set_defaults(handler=_check_manifest)
 
     from hms_offline.config import add_arguments
 

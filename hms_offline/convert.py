@@ -1,64 +1,79 @@
 """Competition parquet files -> .npy arrays, the form training and inference read.
 
-- Spectrogram parquet (`time` + 400 power columns) -> `[400, T]` float32: `time` dropped,
+- Spectrogram parquet (400 power columns, usually with `time`) -> `[400, T]` float32:
   NaN -> 0, transposed (the KerasCV starter's layout).
 - EEG parquet (20 channels at 200 Hz) -> `[T, 20]` float32: each NaN is replaced by the
   mean of its channel's non-NaN samples, or by 0 when the whole channel is NaN.
 
-A file's kind is detected from its column names, and the expected columns are checked by
-name and order (other columns are ignored). Parquet files are read with pyarrow directly.
+Columns are read by name: their order does not matter, `time` is optional and never read,
+and other columns (of any type) are ignored. A file's kind is detected from which layout
+its column names cover best. Parquet files are read with pyarrow directly.
+
+A parquet file is `<id>.parquet` or `<id>.pq`, the suffix in any case; it converts to
+`<id>.npy`, beside which `<id>.npy.source.json` records the size and SHA-256 of the parquet
+it came from: a later run skips the file only while both still match.
 """
 
+import hashlib
+import json
 import logging
 import multiprocessing
 import os
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from hms_offline.atomic import atomic_output
-from hms_offline.constants import EEG_CHANNELS, SPECTROGRAM_COLUMNS, SPECTROGRAM_TIME_COLUMN
+from hms_offline.atomic import atomic_output, write_text_atomically
+from hms_offline.constants import EEG_CHANNELS, SPECTROGRAM_COLUMNS
 
 logger = logging.getLogger(__name__)
 
 # The parquet folders of a competition folder; each maps to a same-named folder of .npy.
 COMPETITION_FOLDERS = ("train_spectrograms", "test_spectrograms", "train_eegs", "test_eegs")
+PARQUET_SUFFIXES = (".parquet", ".pq")  # compared lower-cased
+SOURCE_SUFFIX = ".source.json"  # `<id>.npy` + this: the sidecar naming the parquet it came from
+WORKER_DIED = "the conversion worker died (killed or crashed) while reading it"
 PREVIEW_LIMIT = 5
+DIGEST_CHUNK_BYTES = 1 << 20
+
+# convert_file's signature: (parquet, .npy) -> .npy. Must be picklable (module-level).
+Worker = Callable[[Path, Path], Path]
+Pair = tuple[Path, Path]
 
 
 @dataclass(frozen=True)
 class ParquetLayout:
-    """The columns one kind of competition parquet file must hold."""
+    """The value columns one kind of competition parquet file must hold, in output order."""
 
     kind: str
-    columns: tuple[str, ...]  # every required column, in file order
-    value_columns: tuple[str, ...]  # the ones converted
+    columns: tuple[str, ...]
     description: str
 
 
 SPECTROGRAM_LAYOUT = ParquetLayout(
     kind="spectrogram",
-    columns=(SPECTROGRAM_TIME_COLUMN, *SPECTROGRAM_COLUMNS),
-    value_columns=SPECTROGRAM_COLUMNS,
+    columns=SPECTROGRAM_COLUMNS,
     description=(
-        f"{SPECTROGRAM_TIME_COLUMN!r} then the {len(SPECTROGRAM_COLUMNS)} spectrogram columns "
+        f"the {len(SPECTROGRAM_COLUMNS)} spectrogram columns "
         f"{SPECTROGRAM_COLUMNS[0]} ... {SPECTROGRAM_COLUMNS[-1]}"
     ),
 )
 EEG_LAYOUT = ParquetLayout(
     kind="EEG",
     columns=EEG_CHANNELS,
-    value_columns=EEG_CHANNELS,
     description=f"the {len(EEG_CHANNELS)} EEG channels {' '.join(EEG_CHANNELS)}",
 )
 LAYOUTS = (SPECTROGRAM_LAYOUT, EEG_LAYOUT)
+ANY_ORDER = "(by name, in any order; other columns are ignored)"
 
 
 class ParquetFormatError(ValueError):
@@ -73,6 +88,37 @@ class ParquetFormatError(ValueError):
         return f"{self.path}: {self.reason}"
 
 
+class ConversionError(ValueError):
+    """Some files of a tree failed to convert; raised once every file has been tried.
+
+    `failures` maps each failed file's id (its stem, e.g. "853520") to the reason, and
+    `converted` lists the .npy paths that are ready (converted now or already up to date).
+    Two failed files with the same id in different subfolders share one entry, each
+    reason prefixed by its path; `failed_files` keeps them apart, keyed by parquet path.
+    """
+
+    def __init__(self, failed_files: dict[Path, str], converted: list[Path], total: int):
+        self.failed_files = dict(sorted(failed_files.items()))
+        self.failures = _reasons_by_id(self.failed_files)
+        self.converted = converted
+        listing = "".join(f"\n  {path}: {reason}" for path, reason in self.failed_files.items())
+        super().__init__(f"{len(failed_files)} of {total} parquet files failed to convert:{listing}")
+
+
+def _reasons_by_id(failed_files: dict[Path, str]) -> dict[str, str]:
+    grouped = defaultdict(list)
+    for path, reason in failed_files.items():
+        grouped[path.stem].append((path, reason))
+    return {
+        file_id: entries[0][1] if len(entries) == 1
+        else "; ".join(f"{path}: {reason}" for path, reason in entries)
+        for file_id, entries in grouped.items()
+    }
+
+
+# --- reading one parquet file --------------------------------------------------------------
+
+
 def _preview(items: list[str], quote: bool = True) -> str:
     """The first few items, then how many more there are."""
     shown = ", ".join(repr(item) if quote else item for item in items[:PREVIEW_LIMIT])
@@ -80,40 +126,36 @@ def _preview(items: list[str], quote: bool = True) -> str:
     return f"{shown} (and {hidden} more)" if hidden > 0 else shown
 
 
+# What pyarrow raises for a file it cannot decode: its own errors, OSError (thrift, I/O) and,
+# for corrupt metadata, the odd plain ValueError (e.g. a column name that is not UTF-8).
+_UNREADABLE = (pa.ArrowException, OSError, ValueError)
+
+
 def _read_schema(path: Path) -> pa.Schema:
     try:
         return pq.read_schema(path)
     except FileNotFoundError:
         raise
-    except (pa.ArrowException, OSError) as error:
+    except _UNREADABLE as error:
         raise ParquetFormatError(path, f"cannot be read as parquet: {error}") from error
 
 
 def _read_table(path: Path, columns: tuple[str, ...]) -> pa.Table:
     try:
         return pq.read_table(path, columns=list(columns))
-    except (pa.ArrowException, OSError) as error:
+    except _UNREADABLE as error:
         raise ParquetFormatError(path, f"cannot be read as parquet: {error}") from error
 
 
 def _layout_problem(names: list[str], layout: ParquetLayout) -> str | None:
-    """What keeps `names` (a file's columns) from matching `layout`; None when it matches."""
-    required = set(layout.columns)
-    present = set(names)
-    missing = [name for name in layout.columns if name not in present]
+    """What keeps `names` (a file's columns) from holding `layout`'s; None when they do."""
+    counts = Counter(names)
+    missing = [name for name in layout.columns if counts[name] == 0]
     if missing:
         return f"missing columns {_preview(missing)}"
-    duplicated = [name for name, count in Counter(names).items() if name in required and count > 1]
+    duplicated = [name for name in layout.columns if counts[name] > 1]
     if duplicated:
         return f"duplicated columns {_preview(duplicated)}"
-    found = [(position, name) for position, name in enumerate(names) if name in required]
-    misplaced = [
-        f"column {position} is {name!r} where {expected!r} was expected"
-        for (position, name), expected in zip(found, layout.columns)
-        if name != expected
-    ]
-    if misplaced:
-        return f"columns out of order: {_preview(misplaced, quote=False)}"
     return None
 
 
@@ -130,16 +172,19 @@ def _check_layout(path: Path, schema: pa.Schema, layout: ParquetLayout) -> None:
     problem = _layout_problem(schema.names, layout)
     if problem:
         raise ParquetFormatError(
-            path, f"not a valid {layout.kind} parquet: {problem}; expected {layout.description}"
+            path,
+            f"not a valid {layout.kind} parquet: {problem}; expected {layout.description} {ANY_ORDER}",
         )
     non_numeric = _non_numeric_columns(schema, layout)
     if non_numeric:
         columns = _preview(non_numeric, quote=False)
-        raise ParquetFormatError(path, f"non-numeric {layout.kind} columns {columns}")
+        raise ParquetFormatError(
+            path, f"non-numeric {layout.kind} columns {columns}; expected integer or float values"
+        )
 
 
 def detect_layout(path: Path, names: list[str]) -> ParquetLayout:
-    """The layout whose required columns the file's `names` cover best (by fraction)."""
+    """The layout whose columns the file's `names` cover best (by fraction)."""
     present = set(names)
     coverage = {
         layout: len(present & set(layout.columns)) / len(layout.columns) for layout in LAYOUTS
@@ -155,18 +200,24 @@ def detect_layout(path: Path, names: list[str]) -> ParquetLayout:
     return best
 
 
-def _read_values(path: Path, layout: ParquetLayout) -> np.ndarray:
-    """The layout's value columns as a `[n_columns, T]` float32 array, NaN kept."""
-    _check_layout(path, _read_schema(path), layout)
-    table = _read_table(path, layout.value_columns)
-    values = np.empty((len(layout.value_columns), table.num_rows), dtype=np.float32)
-    for row, name in enumerate(layout.value_columns):
+def _read_values(path: Path, layout: ParquetLayout, schema: pa.Schema) -> np.ndarray:
+    """The layout's columns, in layout order, as a `[n_columns, T]` float32 array, NaN kept."""
+    _check_layout(path, schema, layout)
+    table = _read_table(path, layout.columns)
+    values = np.empty((len(layout.columns), table.num_rows), dtype=np.float32)
+    for row, name in enumerate(layout.columns):
         values[row] = table.column(name).to_numpy(zero_copy_only=False)
     return values
 
 
-def _fill_nan_with_channel_mean(eeg: np.ndarray) -> np.ndarray:
-    """`[T, C]` -> NaN replaced by the channel's mean over its non-NaN samples, 0 if none."""
+def _spectrogram_array(values: np.ndarray) -> np.ndarray:
+    values[np.isnan(values)] = 0.0
+    return values
+
+
+def _eeg_array(values: np.ndarray) -> np.ndarray:
+    """`[C, T]` -> `[T, C]`, NaN replaced by the channel's mean over its non-NaN samples, 0 if none."""
+    eeg = np.ascontiguousarray(values.T)
     missing = np.isnan(eeg)
     if not missing.any():
         return eeg
@@ -177,32 +228,131 @@ def _fill_nan_with_channel_mean(eeg: np.ndarray) -> np.ndarray:
 
 
 def read_spectrogram(path: Path) -> np.ndarray:
-    """Spectrogram parquet -> `[400, T]` float32, `time` dropped, NaN -> 0."""
-    spectrogram = _read_values(Path(path), SPECTROGRAM_LAYOUT)
-    spectrogram[np.isnan(spectrogram)] = 0.0
-    return spectrogram
+    """Spectrogram parquet -> `[400, T]` float32, NaN -> 0."""
+    path = Path(path)
+    return _spectrogram_array(_read_values(path, SPECTROGRAM_LAYOUT, _read_schema(path)))
 
 
 def read_eeg(path: Path) -> np.ndarray:
     """EEG parquet -> `[T, 20]` float32; NaN -> channel mean, or 0 for an all-NaN channel."""
-    eeg = np.ascontiguousarray(_read_values(Path(path), EEG_LAYOUT).T)
-    return _fill_nan_with_channel_mean(eeg)
+    path = Path(path)
+    return _eeg_array(_read_values(path, EEG_LAYOUT, _read_schema(path)))
 
 
 def read_parquet(path: Path) -> np.ndarray:
     """A spectrogram or EEG parquet, its kind detected from its columns, as its .npy array."""
     path = Path(path)
-    layout = detect_layout(path, _read_schema(path).names)
-    return read_spectrogram(path) if layout is SPECTROGRAM_LAYOUT else read_eeg(path)
+    schema = _read_schema(path)
+    layout = detect_layout(path, schema.names)
+    values = _read_values(path, layout, schema)
+    return _spectrogram_array(values) if layout is SPECTROGRAM_LAYOUT else _eeg_array(values)
+
+
+# --- the source sidecar --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceStamp:
+    """What identifies a parquet file's content: its size and SHA-256."""
+
+    size: int
+    sha256: str
+
+
+def source_stamp(path: Path) -> SourceStamp:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(DIGEST_CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+    return SourceStamp(size=size, sha256=digest.hexdigest())
+
+
+def sidecar_path(npy_file: Path) -> Path:
+    """`<id>.npy` -> `<id>.npy.source.json`."""
+    npy_file = Path(npy_file)
+    return npy_file.with_name(npy_file.name + SOURCE_SUFFIX)
+
+
+def _recorded_stamp(npy_file: Path) -> SourceStamp | None:
+    """The stamp in the .npy's sidecar; None when there is none or it cannot be read."""
+    try:
+        return SourceStamp(**json.loads(sidecar_path(npy_file).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def is_up_to_date(src_file: Path, dst_file: Path) -> bool:
+    """Whether `dst_file` exists and its sidecar records `src_file`'s current size and digest
+    (the size is compared first, so a changed file is usually caught without hashing it)."""
+    recorded = _recorded_stamp(dst_file)
+    return (
+        recorded is not None
+        and Path(dst_file).is_file()
+        and recorded.size == Path(src_file).stat().st_size
+        and recorded == source_stamp(src_file)
+    )
+
+
+def _remove_outputs(dst_file: Path) -> None:
+    """Remove a .npy and its sidecar, so a file that failed never serves an older array."""
+    Path(dst_file).unlink(missing_ok=True)
+    sidecar_path(dst_file).unlink(missing_ok=True)
 
 
 def convert_file(src_file: Path, dst_file: Path) -> Path:
-    """Convert one spectrogram or EEG parquet into `dst_file` (.npy), written atomically."""
+    """Convert one spectrogram or EEG parquet into `dst_file` (.npy), then write its sidecar,
+    each atomically. The digest is taken before the parquet is read, so a parquet replaced
+    mid-conversion leaves a sidecar that no longer matches, never a wrong match."""
     src_file, dst_file = Path(src_file), Path(dst_file)
+    stamp = source_stamp(src_file)
     array = read_parquet(src_file)
     with atomic_output(dst_file) as temporary, open(temporary, "wb") as handle:
         np.save(handle, array)  # to a handle, so numpy adds no second ".npy"
+    write_text_atomically(sidecar_path(dst_file), json.dumps(asdict(stamp)) + "\n")
     return dst_file
+
+
+# --- finding the files ---------------------------------------------------------------------
+
+
+def is_parquet_name(path: Path) -> bool:
+    """`<id>.parquet` or `<id>.pq`, the suffix in any case."""
+    return Path(path).suffix.lower() in PARQUET_SUFFIXES
+
+
+def parquet_entries(folder: Path) -> dict[str, list[Path]]:
+    """Every entry of `folder` named like a parquet file (directories too), by id (stem)."""
+    entries = defaultdict(list)
+    for path in sorted(Path(folder).iterdir()):
+        if is_parquet_name(path):
+            entries[path.stem].append(path)
+    return dict(entries)
+
+
+def resolve_parquet(file_id: str, entries: list[Path]) -> Path:
+    """The one parquet file among an id's `entries`; ParquetFormatError when they are not
+    exactly one regular file."""
+    if len(entries) > 1:
+        names = ", ".join(path.name for path in entries)
+        raise ParquetFormatError(
+            entries[0], f"{len(entries)} files have the id {file_id!r} ({names}); keep only one"
+        )
+    (path,) = entries
+    if path.is_dir():
+        raise ParquetFormatError(path, "is a directory, not a parquet file")
+    if not path.is_file():  # a dangling link, a pipe: reading it would fail or block
+        raise ParquetFormatError(path, "is not a regular file")
+    return path
+
+
+def find_parquet(folder: Path, file_id: str) -> Path:
+    """The parquet file for `file_id` in `folder`: FileNotFoundError when there is none,
+    ParquetFormatError when it is a directory or several files share the id."""
+    entries = parquet_entries(folder).get(str(file_id))
+    if not entries:
+        raise FileNotFoundError(f"no {' or '.join(PARQUET_SUFFIXES)} file for id {file_id} in {folder}")
+    return resolve_parquet(str(file_id), entries)
 
 
 def _folder_pairs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
@@ -213,24 +363,43 @@ def _folder_pairs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
     return [(src, dst)]
 
 
-def _planned_files(src: Path, dst: Path) -> list[tuple[Path, Path]]:
-    """Every (parquet, .npy) pair under `src`, sorted by .npy path."""
+@dataclass
+class Plan:
+    pairs: list[Pair]  # (parquet, .npy), sorted by .npy path
+    unconvertible: dict[Pair, str]  # (entry, .npy) -> why the entry cannot be converted at all
+
+    @property
+    def total(self) -> int:
+        return len(self.pairs) + len(self.unconvertible)
+
+
+def _plan(src: Path, dst: Path, only: set[str] | None) -> Plan:
+    """Every (parquet, .npy) pair under `src` (limited to the ids in `only`), and the
+    entries that cannot be converted."""
     if not src.is_dir():
         raise FileNotFoundError(f"source folder not found: {src}")
-    pairs = [
-        (parquet, npy_folder / f"{parquet.stem}.npy")
+    found = {
+        (file_id, npy_folder): entries
         for parquet_folder, npy_folder in _folder_pairs(src, dst)
-        for parquet in parquet_folder.glob("*.parquet")
-        if parquet.is_file()
-    ]
-    if not pairs:
+        for file_id, entries in parquet_entries(parquet_folder).items()
+    }
+    if not found:
         folders = ", ".join(COMPETITION_FOLDERS)
-        raise ValueError(f"no .parquet files in {src} (nor in its subfolders {folders})")
-    return sorted(pairs, key=lambda pair: pair[1])
+        raise ValueError(f"no .parquet or .pq files in {src} (nor in its subfolders {folders})")
+    plan = Plan(pairs=[], unconvertible={})
+    for (file_id, npy_folder), entries in found.items():
+        if only is not None and file_id not in only:
+            continue
+        npy = npy_folder / f"{file_id}.npy"
+        try:
+            plan.pairs.append((resolve_parquet(file_id, entries), npy))
+        except ParquetFormatError as error:
+            plan.unconvertible[(error.path, npy)] = error.reason
+    plan.pairs.sort(key=lambda pair: pair[1])
+    return plan
 
 
-def _is_up_to_date(src_file: Path, dst_file: Path) -> bool:
-    return dst_file.exists() and dst_file.stat().st_mtime_ns >= src_file.stat().st_mtime_ns
+# --- converting many -----------------------------------------------------------------------
 
 
 def _failure_reason(error: BaseException) -> str:
@@ -239,70 +408,137 @@ def _failure_reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def _convert_in_process(pending: list[tuple[Path, Path]], bar: tqdm) -> dict[Path, str]:
+def _spawn_pool(workers: int) -> ProcessPoolExecutor:
+    # "spawn": the caller may hold threads (pyarrow, TensorFlow) that fork would copy mid-lock.
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _convert_in_process(pending: list[Pair], worker: Worker, bar: tqdm) -> dict[Pair, str]:
     failures = {}
-    for src_file, dst_file in pending:
+    for pair in pending:
         try:
-            convert_file(src_file, dst_file)
+            worker(*pair)
         except Exception as error:  # reported together once every file has been tried
-            failures[src_file] = _failure_reason(error)
+            failures[pair] = _failure_reason(error)
         bar.update()
     return failures
 
 
-def _convert_in_pool(pending: list[tuple[Path, Path]], workers: int, bar: tqdm) -> dict[Path, str]:
-    # "spawn": the caller may hold threads (pyarrow, TensorFlow) that fork would copy mid-lock.
-    context = multiprocessing.get_context("spawn")
-    failures = {}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(convert_file, *pair): pair[0] for pair in pending}
+def _convert_in_pool(
+    pending: list[Pair], workers: int, worker: Worker, bar: tqdm
+) -> tuple[dict[Pair, str], list[Pair]]:
+    """Convert in a pool of `workers` processes: ({pair: reason} of the files that failed,
+    the pairs left unconverted because a worker died and broke the pool)."""
+    failures, broken = {}, []
+    with _spawn_pool(workers) as pool:
+        futures = {}
+        for pair in pending:
+            try:
+                futures[pool.submit(worker, *pair)] = pair
+            except BrokenProcessPool:
+                break
+        broken.extend(pending[len(futures):])
         for future in as_completed(futures):
-            if future.exception() is not None:
-                failures[futures[future]] = _failure_reason(future.exception())
+            error = future.exception()
+            if isinstance(error, BrokenProcessPool):
+                broken.append(futures[future])
+                continue
+            if error is not None:
+                failures[futures[future]] = _failure_reason(error)
             bar.update()
+    return failures, sorted(broken, key=lambda pair: pair[1])
+
+
+def _convert_one_at_a_time(pending: list[Pair], worker: Worker, bar: tqdm) -> dict[Pair, str]:
+    """Convert in one spawned worker process, one file in flight at a time.
+
+    This is the retry after a worker died: once the pool breaks, every unfinished file is
+    a suspect, and the pool cannot say which one killed it. With a single file in flight,
+    a death is pinned on exactly that file, which is recorded as failed; a fresh worker
+    then takes the rest. Retrying in this process instead would let the file that killed
+    the worker (a reader crash, the OOM killer) kill the caller, e.g. the Kaggle kernel.
+    One process for the whole retry, not one per file, keeps the cost at one spawn (plus one
+    per death) when many files were queued.
+    """
+    failures = {}
+    pool = None
+    try:
+        for pair in pending:
+            pool = pool or _spawn_pool(1)
+            try:
+                pool.submit(worker, *pair).result()
+            except BrokenProcessPool:
+                failures[pair] = WORKER_DIED
+                pool.shutdown()
+                pool = None
+            except Exception as error:
+                failures[pair] = _failure_reason(error)
+            bar.update()
+    finally:
+        if pool is not None:
+            pool.shutdown()
     return failures
 
 
 def _convert_pending(
-    pending: list[tuple[Path, Path]], workers: int, progress: bool
-) -> dict[Path, str]:
-    """Convert every pair; {parquet: reason} for the ones that failed."""
+    pending: list[Pair], workers: int, worker: Worker, progress: bool, isolate: bool
+) -> dict[Pair, str]:
+    """Convert every pair; {pair: reason} for the ones that failed."""
     workers = min(workers, len(pending))
     with tqdm(total=len(pending), unit="file", desc="convert", disable=not progress) as bar:
-        if workers <= 1:
-            return _convert_in_process(pending, bar)
-        return _convert_in_pool(pending, workers, bar)
+        if workers <= 1 and not isolate:
+            return _convert_in_process(pending, worker, bar)
+        failures, broken = _convert_in_pool(pending, workers, worker, bar)
+        if broken:
+            logger.warning(
+                "a conversion worker died; retrying its %d unfinished files one at a time", len(broken)
+            )
+            failures.update(_convert_one_at_a_time(broken, worker, bar))
+        return failures
 
 
 def convert_tree(
-    src: Path, dst: Path, workers: int | None = None, progress: bool = True, only: set[str] | None = None
+    src: Path,
+    dst: Path,
+    workers: int | None = None,
+    progress: bool = True,
+    only: set[str] | None = None,
+    *,
+    isolate: bool = False,
+    _worker: Worker = convert_file,
 ) -> list[Path]:
     """Convert a competition folder (its train/test spectrogram and EEG subfolders) or a
-    folder of parquet files into .npy files under `dst`; files already up to date (the .npy
-    no older than its parquet) are skipped.
+    folder of parquet files into .npy files under `dst`; a file whose .npy sidecar records
+    its current size and SHA-256 is skipped.
 
     `workers` processes convert in parallel (default: the CPU count; 1 converts in this
-    process). `only`, a set of file stems, limits the work to those files. Every file is
-    tried; then a ValueError lists all that failed. Returns the sorted .npy paths.
+    process). If a worker dies, the files it left unfinished are retried one at a time, so
+    at most the file that killed it is lost. `only`, a set of file ids (stems), limits the
+    work to those files. `isolate` converts in worker processes even when one would do, so a
+    file that crashes the parquet reader can never take the caller down (the kernel's
+    choice: it costs one process start). Every file is tried; then a ConversionError lists all that failed,
+    whose old .npy and sidecar have been removed. Returns the sorted .npy paths.
+
+    `_worker` replaces `convert_file` (same signature, picklable) in tests only.
     """
     src, dst = Path(src), Path(dst)
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    planned = _planned_files(src, dst)
-    if only is not None:
-        planned = [pair for pair in planned if pair[0].stem in only]
-    pending = [pair for pair in planned if not _is_up_to_date(*pair)]
+    plan = _plan(src, dst, only)
+    pending = [pair for pair in plan.pairs if not is_up_to_date(*pair)]
     started = time.perf_counter()
-    failures = _convert_pending(pending, workers, progress) if pending else {}
+    failures = _convert_pending(pending, workers, _worker, progress, isolate) if pending else {}
     logger.info(
         "converted %d, skipped %d up to date, failed %d parquet files in %.1f s: %s -> %s",
-        len(pending) - len(failures), len(planned) - len(pending), len(failures),
-        time.perf_counter() - started, src, dst,
+        len(pending) - len(failures), len(plan.pairs) - len(pending),
+        len(failures) + len(plan.unconvertible), time.perf_counter() - started, src, dst,
     )
+    failures.update(plan.unconvertible)
+    for _, dst_file in failures:
+        _remove_outputs(dst_file)
+    converted = [pair[1] for pair in plan.pairs if pair not in failures]
     if failures:
-        listing = "".join(f"\n  {path}: {reason}" for path, reason in sorted(failures.items()))
-        raise ValueError(
-            f"{len(failures)} of {len(planned)} parquet files failed to convert:{listing}"
-        )
-    return [dst_file for _, dst_file in planned]
+        reasons = {src_file: reason for (src_file, _), reason in failures.items()}
+        raise ConversionError(reasons, converted, plan.total)
+    return converted

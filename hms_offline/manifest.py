@@ -1,14 +1,18 @@
 """`weights_manifest.json`: the fold ensemble a bundle ships, and its integrity checks.
 
 Training writes it, `build_bundle.py` copies it with the weights, the kernel loads it.
-Loading refuses, with an error naming the entry and the file, anything it cannot trust:
-an unknown format version, classes in another order, an unknown preprocessing, an unknown
-arch, a missing weight file or one whose sha256 differs.
+Reading refuses the whole manifest, with an error naming the file and the field, when it
+cannot be trusted at all: not JSON, an unknown format version, classes in another order, an
+unknown preprocessing. One bad model entry (a missing or mistyped field, an unknown arch, a
+missing weight file or one whose sha256 differs) costs only that entry: it is set aside in
+`Manifest.rejected` with the reason, so the kernel predicts with the rest, while
+`manifest_problems` (what `build_bundle.py` runs) reports every such reason and builds nothing.
 """
 
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -38,6 +42,9 @@ class ModelEntry:
     include_rescaling: bool = True
     ensemble_weight: float = 1.0
     cv_kl: float | None = None
+    # The fold's training class prior (mean vote fractions, in CLASSES order): the kernel's
+    # fallback prediction for a row it cannot predict. None in manifests older than it.
+    class_prior: list[float] | None = None
     tensorflow: str | None = None
     keras: str | None = None
     keras_cv: str | None = None
@@ -51,9 +58,13 @@ class Manifest:
         default_factory=lambda: {"name": PREPROCESSING_NAME, "params": dict(PREPROCESSING_PARAMS)}
     )
     models: list[ModelEntry] = field(default_factory=list)
+    # (entry name, reason) of each entry set aside on reading; never written.
+    rejected: list[tuple[str, str]] = field(default_factory=list, compare=False)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+        raw = dataclasses.asdict(self)
+        del raw["rejected"]
+        return json.dumps(raw, indent=2) + "\n"
 
 
 def sha256_file(path: Path) -> str:
@@ -94,6 +105,7 @@ def make_entry(
     include_rescaling: bool = True,
     ensemble_weight: float = 1.0,
     cv_kl: float | None = None,
+    class_prior=None,
     input_shape=IMAGE_SHAPE,
 ) -> ModelEntry:
     """An entry for a weights file, its sha256 and the installed versions filled in."""
@@ -109,6 +121,7 @@ def make_entry(
         include_rescaling=include_rescaling,
         ensemble_weight=ensemble_weight,
         cv_kl=cv_kl,
+        class_prior=None if class_prior is None else [float(p) for p in class_prior],
         **installed_versions(),
     )
 
@@ -122,64 +135,144 @@ def write_manifest(manifest: Manifest, path: Path) -> Path:
 
 
 def read_manifest(path: Path) -> Manifest:
-    """Parse and check the manifest's fields (not the weight files: see `verify_files`)."""
+    """Parse and check the manifest's fields (not the weight files: see `verify_files`).
+
+    A problem with the whole manifest raises ManifestError; a bad entry is moved to
+    `rejected` with its reason."""
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST_NAME
-    if not path.exists():
+    if not path.is_file():
         raise FileNotFoundError(f"no weights manifest at {path}")
     try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ManifestError(f"{path}: not valid JSON ({error})") from error
-    manifest = _parse(raw, path)
-    _check_compatible(manifest, path)
-    return manifest
+    return _parse(raw, path)
 
 
 def load_manifest(path: Path) -> tuple[Manifest, Path]:
-    """Read, check and verify every weight file; returns the manifest and its folder."""
+    """Read, check and verify every weight file; returns the manifest and its folder.
+
+    Entries that fail are in `manifest.rejected`; none usable at all is a ManifestError."""
     path = Path(path)
     manifest_path = path / MANIFEST_NAME if path.is_dir() else path
     manifest = read_manifest(manifest_path)
     verify_files(manifest, manifest_path.parent)
+    if not manifest.models:
+        reasons = "".join(f"\n  {name}: {reason}" for name, reason in manifest.rejected)
+        what = "no usable model" if manifest.rejected else "no models: nothing to predict with"
+        raise ManifestError(f"{manifest_path}: the weights manifest lists {what}{reasons}")
     return manifest, manifest_path.parent
 
 
+def manifest_problems(path: Path) -> list[str]:
+    """Every reason the kernel would refuse this manifest or one of its entries; [] when it
+    would use them all. What `build_bundle.py` checks before it builds anything."""
+    try:
+        manifest, _ = load_manifest(path)
+    except (ManifestError, FileNotFoundError) as error:
+        return [str(error)]
+    return [f"{path}: model {name!r}: {reason}" for name, reason in manifest.rejected]
+
+
 def verify_files(manifest: Manifest, root: Path) -> None:
+    """Move each entry whose weight file is missing or differs from its sha256 to `rejected`."""
+    kept = []
     for entry in manifest.models:
-        weights = weights_path(entry, root)
-        if not weights.exists():
-            raise ManifestError(f"model {entry.name!r}: weights file {weights} is missing")
-        actual = sha256_file(weights)
-        if actual != entry.sha256:
-            raise ManifestError(
-                f"model {entry.name!r}: sha256 of {weights} is {actual}, the manifest says {entry.sha256}"
-            )
+        problem = _weights_problem(entry, root)
+        if problem:
+            manifest.rejected.append((entry.name, problem))
+        else:
+            kept.append(entry)
+    manifest.models = kept
+
+
+def _weights_problem(entry: ModelEntry, root: Path) -> str | None:
+    weights = weights_path(entry, root)
+    if not weights.is_file():
+        return f"weights file {weights} is missing"
+    actual = sha256_file(weights)
+    if actual != entry.sha256:
+        return f"sha256 of {weights} is {actual}, the manifest says {entry.sha256}"
+    return None
 
 
 def weights_path(entry: ModelEntry, root: Path) -> Path:
     return Path(root) / entry.file
 
 
-def _parse(raw: dict, path: Path) -> Manifest:
-    known = {f.name for f in dataclasses.fields(ModelEntry)}
-    required = {f.name for f in dataclasses.fields(ModelEntry) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
-    for key in ("format_version", "classes", "preprocessing", "models"):
+TOP_LEVEL_FIELDS = ("format_version", "classes", "preprocessing", "models")
+# What each field of an entry must be: (check, description).
+_ENTRY_TYPES = {
+    "name": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "arch": (lambda v: isinstance(v, str), "a string"),
+    "fold": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "file": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "sha256": (lambda v: isinstance(v, str), "a string"),
+    "input_shape": (lambda v: v == list(IMAGE_SHAPE), f"{list(IMAGE_SHAPE)}"),
+    "include_rescaling": (lambda v: isinstance(v, bool), "true or false"),
+    "ensemble_weight": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "cv_kl": (lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)), "a number or null"),
+    "class_prior": (lambda v: v is None or _is_prior(v), f"null or {len(CLASSES)} numbers >= 0 summing to 1"),
+}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_prior(value) -> bool:
+    return (isinstance(value, list) and len(value) == len(CLASSES) and all(_is_number(v) and v >= 0 for v in value)
+            and abs(sum(value) - 1.0) < 1e-3)
+
+
+def _parse(raw, path: Path) -> Manifest:
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{path}: expected a JSON object, found {type(raw).__name__}")
+    for key in TOP_LEVEL_FIELDS:
         if key not in raw:
             raise ManifestError(f"{path}: missing top-level field {key!r}")
-    models = []
-    for index, item in enumerate(raw["models"]):
-        missing = required - set(item)
-        if missing:
-            raise ManifestError(f"{path}: models[{index}] lacks {sorted(missing)}")
-        models.append(ModelEntry(**{k: v for k, v in item.items() if k in known}))
-    return Manifest(
-        models=models,
-        classes=list(raw["classes"]),
-        preprocessing=dict(raw["preprocessing"]),
-        format_version=raw["format_version"],
+    if not isinstance(raw["models"], list):
+        raise ManifestError(f"{path}: 'models' must be a list, found {type(raw['models']).__name__}")
+    if not isinstance(raw["preprocessing"], dict):
+        raise ManifestError(f"{path}: 'preprocessing' must be an object with 'name' and 'params'")
+    manifest = Manifest(
+        classes=raw["classes"], preprocessing=dict(raw["preprocessing"]), format_version=raw["format_version"]
     )
+    _check_compatible(manifest, path)
+    seen = set()
+    for index, item in enumerate(raw["models"]):
+        label = item.get("name") if isinstance(item, dict) and isinstance(item.get("name"), str) else f"models[{index}]"
+        problem = _entry_problem(item) or ("has the name of an earlier entry" if label in seen else None)
+        if problem:
+            manifest.rejected.append((label, f"models[{index}] {problem}"))
+            continue
+        seen.add(label)
+        manifest.models.append(ModelEntry(**{k: v for k, v in item.items() if k in _KNOWN_FIELDS}))
+    return manifest
+
+
+_KNOWN_FIELDS = {f.name for f in dataclasses.fields(ModelEntry)}
+_REQUIRED_FIELDS = sorted(
+    f.name for f in dataclasses.fields(ModelEntry)
+    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+)
+
+
+def _entry_problem(item) -> str | None:
+    """Why one `models[]` item cannot be used, or None."""
+    if not isinstance(item, dict):
+        return f"is a {type(item).__name__}, expected an object"
+    missing = [key for key in _REQUIRED_FIELDS if key not in item]
+    if missing:
+        return f"lacks {missing}"
+    for key, (check, expected) in _ENTRY_TYPES.items():
+        if key in item and not check(item[key]):
+            return f"field {key!r} is {item[key]!r}, expected {expected}"
+    if item["arch"] not in ARCHITECTURES:
+        return f"has unknown arch {item['arch']!r}; known: {sorted(ARCHITECTURES)}"
+    return None
 
 
 def _check_compatible(manifest: Manifest, path: Path) -> None:
@@ -199,10 +292,3 @@ def _check_compatible(manifest: Manifest, path: Path) -> None:
         raise ManifestError(
             f"{path}: preprocessing parameters {params} differ from this code's {PREPROCESSING_PARAMS}"
         )
-    for entry in manifest.models:
-        if entry.arch not in ARCHITECTURES:
-            raise ManifestError(
-                f"{path}: model {entry.name!r} has unknown arch {entry.arch!r}; known: {sorted(ARCHITECTURES)}"
-            )
-        if not entry.ensemble_weight >= 0:
-            raise ManifestError(f"{path}: model {entry.name!r} has ensemble_weight {entry.ensemble_weight}, must be >= 0")

@@ -55,8 +55,12 @@ def cut_window(spectrogram: np.ndarray, offset_seconds: float | None = None) -> 
 
 
 def log_standardize(window: np.ndarray) -> np.ndarray:
-    """Clip, log, and standardise one window by its own mean and standard deviation."""
-    clipped = np.clip(window, np.exp(LOG_CLIP_MIN_EXPONENT), np.exp(LOG_CLIP_MAX_EXPONENT))
+    """Clip, log, and standardise one window by its own mean and standard deviation.
+
+    A NaN counts as no power, as conversion fills it with 0; +-inf is clipped like any
+    value, so the output is finite for any input."""
+    power = np.nan_to_num(window, nan=0.0, posinf=np.inf, neginf=-np.inf)
+    clipped = np.clip(power, np.exp(LOG_CLIP_MIN_EXPONENT), np.exp(LOG_CLIP_MAX_EXPONENT))
     logged = np.log(clipped).astype(np.float32)
     return ((logged - logged.mean()) / (logged.std() + STANDARDIZE_EPSILON)).astype(np.float32)
 
@@ -69,3 +73,10 @@ def tile_channels(image: np.ndarray) -> np.ndarray:
 def model_input(spectrogram: np.ndarray, offset_seconds: float | None = None) -> np.ndarray:
     """`[400, T]` spectrogram (+ optional label offset in seconds) -> `[400, 300, 3]` float32."""
     return tile_channels(log_standardize(cut_window(spectrogram, offset_seconds)))
+
+
+def signal_fraction(spectrogram: np.ndarray) -> float:
+    """The share of the model window's cells that hold power (finite and > 0): 0 for an
+    empty, all-NaN (filled with 0) or all-inf recording, whose image would be constant."""
+    window = cut_window(spectrogram)
+    return float(np.count_nonzero(np.isfinite(window) & (window > 0)) / window.size)

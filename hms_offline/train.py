@@ -168,6 +168,7 @@ def finish_run(config: TrainConfig, run_dir: Path) -> dict:
             include_rescaling=config.include_rescaling,
             ensemble_weight=1.0,
             cv_kl=kl_by_fold[fold["fold"]],
+            class_prior=fold["prior"],
         )
         for fold in finished_folds(run_dir)
     ]

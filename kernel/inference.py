@@ -2,10 +2,11 @@
 """hms-offline kernel: competition test files -> submission.csv, with the internet off.
 
 On Kaggle (where /kaggle/input exists) it finds the competition folder (test.csv +
-test_spectrograms/) and the bundle folder (weights_manifest.json) by their contents and
-writes /kaggle/working/submission.csv. Elsewhere it is a local dry run:
+test_spectrograms/) by the competition's slug, then by content, and the bundle folder
+(weights_manifest.json) by the dataset id build_bundle.py wrote into BUNDLE_DATASET, then
+by content, and writes /kaggle/working/submission.csv. Elsewhere it is a local dry run:
 
-    python kernel/inference.py --data-dir DIR --bundle-dir DIR --output submission.csv
+    python kernel/inference.py --data-dir DIR --bundle-dir DIR --output submission.csv [--strict]
 
 It first installs, from the bundle's wheels/ and with `pip --no-index`, the packages of
 wheels/lock.json that are missing or at another version (hms_offline among them), then
@@ -28,7 +29,12 @@ KAGGLE_INPUT = Path("/kaggle/input")
 KAGGLE_WORKING = Path("/kaggle/working")
 MANIFEST_NAME = "weights_manifest.json"
 LOCK_FILE = Path("wheels") / "lock.json"
+LOCK_FIELDS = ("name", "version", "file")
+DEFAULT_INSTALL_RULE = "missing_or_different"  # a lock entry's `install_if`, when it has none
+INSTALL_RULES = ("missing", DEFAULT_INSTALL_RULE)
 SEARCH_DEPTH = 4
+COMPETITION_SLUG = "hms-harmful-brain-activity-classification"
+BUNDLE_DATASET = None  # build_bundle.py replaces this line with the dataset id "user/slug"
 
 log = logging.getLogger("hms_kernel")
 
@@ -41,20 +47,71 @@ def is_bundle_dir(path: Path) -> bool:
     return (path / MANIFEST_NAME).is_file()
 
 
-def find_dir(root: Path, predicate, what: str) -> Path:
-    """The first folder under `root` (breadth-first, sorted, a few levels deep) that `predicate` accepts."""
-    level = [root]
+def find_competition_dir(root: Path, strict: bool) -> Path:
+    """The folder named after the competition first, then any that looks like it: an EDA
+    dataset holding a copy of the test files must not win by sorting first."""
+    found = folders_under(root, is_competition_dir)
+    named = [folder for folder in found if folder.name == COMPETITION_SLUG]
+    if named and len(found) > len(named):
+        log.info("not the competition folder, though they hold test.csv + test_spectrograms/: %s",
+                 ", ".join(str(folder) for folder in found if folder not in named))
+    reason = f"named {COMPETITION_SLUG}" if named else "by content"
+    return choose("competition folder (test.csv + test_spectrograms/)", root, named or found, reason, "--data-dir",
+                  strict)
+
+
+def find_bundle_dir(root: Path, dataset_id: str | None, strict: bool) -> Path:
+    """Where Kaggle mounts the dataset the build wrote into BUNDLE_DATASET, else any folder
+    holding a weights manifest."""
+    what = f"bundle folder ({MANIFEST_NAME})"
+    if dataset_id:
+        mounted = [folder for folder in dataset_mounts(root, dataset_id) if is_bundle_dir(folder)]
+        if mounted:
+            return choose(what, root, mounted, f"the dataset {dataset_id}", "--bundle-dir", strict)
+        log.warning("the dataset %s is not attached (no %s in %s): looking for a bundle by content", dataset_id,
+                    MANIFEST_NAME, " or ".join(str(folder) for folder in dataset_mounts(root, dataset_id)))
+    return choose(what, root, folders_under(root, is_bundle_dir), "by content", "--bundle-dir", strict)
+
+
+def dataset_mounts(root: Path, dataset_id: str) -> list[Path]:
+    """Where Kaggle mounts the dataset "user/slug": <root>/slug/ or <root>/datasets/user/slug/."""
+    user, _, slug = dataset_id.partition("/")
+    return [root / slug, root / "datasets" / user / slug]
+
+
+def choose(what: str, root: Path, candidates: list[Path], reason: str, flag: str, strict: bool) -> Path:
+    """The first candidate (the shallowest, then first by name); with several, say which
+    was taken and which were not, or, with --strict, refuse."""
+    if not candidates:
+        raise SystemExit(f"error: no {what} found under {root} (searched {SEARCH_DEPTH} levels deep); "
+                         f"attach it to the notebook or name it with {flag}")
+    chosen, others = candidates[0], candidates[1:]
+    if others and strict:
+        raise SystemExit(f"error: --strict: {len(candidates)} candidates for the {what} ({reason}): "
+                         f"{', '.join(map(str, candidates))}; name one with {flag}")
+    if others:
+        log.warning("%d candidates for the %s (%s): took %s, the shallowest and first by name; not %s",
+                    len(candidates), what, reason, chosen, ", ".join(map(str, others)))
+    else:
+        log.info("%s: %s (%s)", what, chosen, reason)
+    return chosen
+
+
+def folders_under(root: Path, predicate) -> list[Path]:
+    """Every folder under `root` that `predicate` accepts, breadth-first and sorted, a few
+    levels deep; the search does not go inside a folder it accepted."""
+    found, level = [], [root]
     for _ in range(SEARCH_DEPTH + 1):
-        for folder in level:
-            if predicate(folder):
-                return folder
-        level = sorted(child for folder in level for child in _subdirs(folder))
-    raise FileNotFoundError(f"no {what} found under {root} (searched {SEARCH_DEPTH} levels deep)")
+        accepted = [folder for folder in level if predicate(folder)]
+        found += accepted
+        level = sorted(child for folder in level if folder not in accepted for child in _subdirs(folder))
+    return found
 
 
 def _subdirs(folder: Path) -> list[Path]:
     try:
-        return [child for child in folder.iterdir() if child.is_dir()]
+        with os.scandir(folder) as entries:
+            return [Path(entry.path) for entry in entries if entry.is_dir()]
     except OSError:
         return []
 
@@ -68,18 +125,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path,
                         help="scratch folder for converted test spectrograms (default: a temp dir, removed at the "
                              "end, so on Kaggle they do not land among the notebook's outputs in /kaggle/working)")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse rather than choose among several candidate folders or fall back on a bad input "
+                             "(for local dry runs and CI; off on Kaggle, where a refusal costs the submission)")
     # parse_known_args: run from a notebook cell, sys.argv holds ipykernel's own flags.
     args, ignored = parser.parse_known_args(argv)
     if ignored:
         log.info("ignoring arguments not meant for this script: %s", " ".join(ignored))
     if not on_kaggle and None in (args.data_dir, args.bundle_dir, args.output):
         parser.error("--data-dir, --bundle-dir and --output are required outside Kaggle (no /kaggle/input here)")
-    args.data_dir = args.data_dir or find_dir(
-        KAGGLE_INPUT, is_competition_dir, "competition folder (test.csv + test_spectrograms/)"
-    )
-    args.bundle_dir = args.bundle_dir or find_dir(KAGGLE_INPUT, is_bundle_dir, f"bundle folder ({MANIFEST_NAME})")
+    args.data_dir = args.data_dir or find_competition_dir(KAGGLE_INPUT, args.strict)
+    args.bundle_dir = args.bundle_dir or find_bundle_dir(KAGGLE_INPUT, BUNDLE_DATASET, args.strict)
     return args
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        if int(text) >= 1:
+            return int(text)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {text!r}")
 
 
 def installed_version(name: str) -> str | None:
@@ -95,7 +163,7 @@ def needs_install(package: dict) -> bool:
     installed = installed_version(package["name"])
     if installed is None:
         return True
-    return package.get("install_if", "missing_or_different") != "missing" and installed != package["version"]
+    return package.get("install_if", DEFAULT_INSTALL_RULE) != "missing" and installed != package["version"]
 
 
 def wheels_to_install(lock: dict) -> list[dict]:
@@ -108,13 +176,41 @@ def pip_install(wheel_dir: Path, files: list[str]) -> subprocess.CompletedProces
     return subprocess.run(command + [str(wheel_dir / f) for f in files], capture_output=True, text=True)
 
 
+def read_lock(path: Path) -> dict:
+    """lock.json, checked: a damaged one stops the kernel naming the file and the field."""
+    try:
+        lock = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SystemExit(f"error: {path}: not a readable JSON file ({error})") from None
+    if not isinstance(lock, dict) or not isinstance(lock.get("packages"), list):
+        raise SystemExit(f"error: {path}: lacks a 'packages' list")
+    for index, package in enumerate(lock["packages"]):
+        problem = lock_entry_problem(package)
+        if problem:
+            raise SystemExit(f"error: {path}: packages[{index}] {problem}")
+    return lock
+
+
+def lock_entry_problem(package) -> str | None:
+    if not isinstance(package, dict):
+        return "is not an object"
+    for key in LOCK_FIELDS:
+        if key not in package:
+            return f"lacks {key!r}"
+        if not isinstance(package[key], str) or not package[key]:
+            return f"has {key!r} {package[key]!r}, not a non-empty string"
+    if package.get("install_if", DEFAULT_INSTALL_RULE) not in INSTALL_RULES:
+        return f"has 'install_if' {package['install_if']!r}, not one of {', '.join(INSTALL_RULES)}"
+    return None
+
+
 def install_bundle_wheels(bundle_dir: Path) -> list[str]:
     """Install what the lock file pins and this environment lacks; returns what was installed."""
     lock_path = bundle_dir / LOCK_FILE
     if not lock_path.is_file():
         log.info("no %s in the bundle: using the installed packages", LOCK_FILE)
         return []
-    lock = json.loads(lock_path.read_text())
+    lock = read_lock(lock_path)
     pending = wheels_to_install(lock)
     if not pending:
         log.info("all %d pinned packages already installed", len(lock["packages"]))
@@ -164,20 +260,21 @@ def main(argv=None) -> int:
     from hms_offline.inference import predict_competition
 
     try:
-        summary = predict_competition(
+        report = predict_competition(
             data_dir=args.data_dir,
             bundle_dir=args.bundle_dir,
             output=args.output,
             work_dir=args.work_dir,
             batch_size=args.batch_size,
+            strict=args.strict,
         )
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError) as error:  # no model can predict, no test row, --strict
         log.error("%s", error)
         return 1
     print("=" * 60)
-    print(f"submission: {args.output}")
+    print(f"submission: {report.submission}")
     print(f"installed offline: {len(installed)} package(s)  ({install_seconds:.1f} s)")
-    for line in summary.lines():
+    for line in report.lines():
         print(line)
     print(f"total: {time.perf_counter() - started:.1f} s")
     return 0

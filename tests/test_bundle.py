@@ -15,10 +15,12 @@ date, so the tests neither depend on the working tree being clean nor write to i
 two small files of plain bytes (build_bundle copies and hashes them, never loads them).
 """
 
+import difflib
 import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -27,13 +29,17 @@ from pathlib import Path
 import pytest
 
 import hms_offline.bundle.build
-from hms_offline.bundle.build import BuildResult, kernel_metadata
+from hms_offline.bundle.build import BuildResult, built_kernel_script, kernel_metadata
 from hms_offline.bundle.common import KERNEL_SCRIPT, BundleError, display_path
 from hms_offline.bundle.kaggle_cli import push_bundle, upload_commands
 from hms_offline.bundle.package import SourceState, files_to_pack, stamp_version
+from hms_offline.bundle.weights import check_with_kernel_loader
 from hms_offline.bundle.wheels import (DEFAULT_PLATFORM, DEFAULT_PYTHON_VERSION, KERNEL_WHEEL_PINS,
                                        PROVIDED_BY_KAGGLE_IMAGE, Target, canonical_name, compatible_platform_tags,
                                        find_cached_wheel, parse_pin, parse_wheel_filename, wheel_fits_target)
+from hms_offline.cli import main as hms_offline_main
+from hms_offline.constants import CLASSES
+from hms_offline.preprocess import PREPROCESSING_NAME, PREPROCESSING_PARAMS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # build_bundle.py, the command line
@@ -113,8 +119,8 @@ def write_weights(folder: Path) -> Path:
         })
     manifest = {
         "format_version": 1,
-        "classes": ["seizure", "lpd", "gpd", "lrda", "grda", "other"],
-        "preprocessing": {"name": "starter_log_standardize", "params": {"window_columns": 300}},
+        "classes": list(CLASSES),
+        "preprocessing": {"name": PREPROCESSING_NAME, "params": dict(PREPROCESSING_PARAMS)},
         "models": models,
     }
     path = folder / "weights_manifest.json"
@@ -242,9 +248,26 @@ def test_two_builds_are_byte_identical_but_for_the_build_time(two_builds):
         assert (kernels[0] / name).read_bytes() == (kernels[1] / name).read_bytes()
 
 
-def test_kernel_metadata(two_builds, source_repo):
+def test_the_built_kernel_differs_from_the_source_only_in_its_dataset_id(two_builds, source_repo):
+    source = (source_repo / KERNEL_SCRIPT).read_text().splitlines(keepends=True)
+    built = (two_builds[0] / "kernel" / "inference.py").read_text().splitlines(keepends=True)
+    changed = [line for line in difflib.ndiff(source, built) if line[:2] in ("- ", "+ ")]
+    assert len(changed) == 2, changed
+    assert changed[0].startswith("- BUNDLE_DATASET = None  # build_bundle.py replaces this line")
+    assert changed[1].startswith(f'+ BUNDLE_DATASET = "{USER}/{SLUG}"  #')
+
+
+@pytest.mark.parametrize("marked_lines", [0, 2])
+def test_a_kernel_without_exactly_one_dataset_id_line_is_refused(tmp_path, marked_lines):
+    script = tmp_path / "inference.py"
+    marked = "BUNDLE_DATASET = None  # build_bundle.py replaces this line\n"
+    script.write_text("print('kernel')\n" + marked * marked_lines)
+    with pytest.raises(BundleError, match=f"found {marked_lines}"):
+        built_kernel_script(script, f"{USER}/{SLUG}")
+
+
+def test_kernel_metadata(two_builds):
     kernel = two_builds[0] / "kernel"
-    assert (kernel / "inference.py").read_bytes() == (source_repo / KERNEL_SCRIPT).read_bytes()
     metadata = json.loads((kernel / "kernel-metadata.json").read_text())
     assert metadata == {
         "id": f"{USER}/{SLUG}-inference",
@@ -289,13 +312,71 @@ def test_refuses_a_missing_or_altered_weight_file(tmp_path, source_repo, wheel_c
     assert not (tmp_path / "dist" / SLUG).exists()
 
 
-def test_a_manifest_without_models_builds_with_a_loud_warning(tmp_path, source_repo, wheel_cache, caplog):
-    manifest = tmp_path / "weights_manifest.json"
-    manifest.write_text(json.dumps({"format_version": 1, "classes": [], "preprocessing": {}, "models": []}))
-    with caplog.at_level(logging.WARNING):
-        assert build(source_repo, manifest, tmp_path / "dist", wheel_cache) == 0
-    assert "NO MODELS" in caplog.text and "refuse to predict" in caplog.text
-    assert json.loads((tmp_path / "dist" / SLUG / "weights_manifest.json").read_text())["models"] == []
+def rewrite_manifest(path: Path, change) -> Path:
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+def unknown_arch(manifest):
+    manifest["models"][1]["arch"] = "resnet9000"
+
+
+def changed_preprocessing(manifest):
+    manifest["preprocessing"]["params"]["window_columns"] = 256
+
+
+def no_models(manifest):
+    manifest["models"] = []
+
+
+@pytest.mark.parametrize("change, problem", [
+    (unknown_arch, "model 'efficientnetv2_b2_fold1': models[1] has unknown arch 'resnet9000'"),
+    (changed_preprocessing, "preprocessing parameters"),
+    (no_models, "no models"),
+], ids=["unknown-arch", "changed-preprocessing", "no-models"])
+def test_a_manifest_the_kernel_would_refuse_is_never_built(tmp_path, source_repo, wheel_cache, caplog, change,
+                                                           problem):
+    manifest = rewrite_manifest(write_weights(tmp_path / "weights"), change)
+    with caplog.at_level(logging.ERROR):
+        assert build(source_repo, manifest, tmp_path / "dist", wheel_cache) == 2
+    assert "the kernel would refuse the weights manifest" in caplog.text
+    assert f"{manifest}: " in caplog.text and problem in caplog.text
+    assert not (tmp_path / "dist" / SLUG).exists()
+
+
+def packed_copy(folder: Path, manifest_code_appended: str) -> Path:
+    """A copy of hms_offline whose manifest.py ends with extra code."""
+    shutil.copytree(REPO_ROOT / "hms_offline", folder / "hms_offline", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(folder / "hms_offline" / "manifest.py", "a") as manifest_module:
+        manifest_module.write(manifest_code_appended)
+    return folder
+
+
+def test_manifests_are_checked_by_the_loader_of_the_packed_hms_offline(tmp_path, weights_manifest):
+    repo = packed_copy(tmp_path, "\ndef manifest_problems(path):\n    return [f'{path}: refused by the packed copy']\n")
+    with pytest.raises(BundleError, match=f"{weights_manifest}: refused by the packed copy") as refused:
+        check_with_kernel_loader([weights_manifest], repo)
+    assert refused.value.exit_code == 2
+
+
+def test_a_loader_that_cannot_run_is_a_build_failure_with_its_output(tmp_path, weights_manifest):
+    repo = packed_copy(tmp_path, "\nraise ImportError('simulated: numpy missing')\n")
+    expected = "(?s)checking the weights manifests failed .*simulated: numpy missing"
+    with pytest.raises(BundleError, match=expected) as failed:
+        check_with_kernel_loader([weights_manifest], repo)
+    assert failed.value.exit_code == 1
+
+
+def test_check_manifest_prints_what_the_kernel_would_refuse(tmp_path, weights_manifest, capsys):
+    assert hms_offline_main(["check-manifest", str(weights_manifest)]) == 0
+    assert capsys.readouterr().out == ""
+    broken = rewrite_manifest(write_weights(tmp_path), unknown_arch)
+    assert hms_offline_main(["check-manifest", str(weights_manifest), str(broken)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"{broken}: model 'efficientnetv2_b2_fold1': models[1] has unknown arch 'resnet9000'; "
+        "known: ['efficientnetv2_b2', 'mobilenetv3_large']"]
 
 
 def test_a_failed_build_leaves_the_previous_dist_as_it_was(tmp_path, source_repo, weights_manifest, wheel_cache,

@@ -2,10 +2,15 @@
 
 import importlib.util
 import json
+import logging
+import subprocess
+import sys
 
 import pytest
 
 from conftest import REPO_ROOT
+
+SLUG = "hms-harmful-brain-activity-classification"
 
 
 @pytest.fixture(scope="module")
@@ -16,33 +21,113 @@ def kernel():
     return module
 
 
-def make_kaggle_input(root):
-    """/kaggle/input as Kaggle mounts it today: competitions/<slug>/ and datasets/<user>/<slug>/."""
-    competition = root / "competitions" / "hms-harmful-brain-activity-classification"
-    (competition / "test_spectrograms").mkdir(parents=True)
-    (competition / "test.csv").write_text("spectrogram_id,eeg_id,patient_id\n")
-    bundle = root / "datasets" / "someone" / "my-hms-models"
-    bundle.mkdir(parents=True)
-    (bundle / "weights_manifest.json").write_text("{}")
-    (root / "aaa-other-dataset" / "test_spectrograms").mkdir(parents=True)  # no test.csv: not it
-    return competition, bundle
+def make_competition(folder):
+    (folder / "test_spectrograms").mkdir(parents=True)
+    (folder / "test.csv").write_text("spectrogram_id,eeg_id,patient_id\n")
+    return folder
 
 
-def test_finds_competition_and_bundle_by_content_not_by_name(kernel, tmp_path):
-    competition, bundle = make_kaggle_input(tmp_path)
-    assert kernel.find_dir(tmp_path, kernel.is_competition_dir, "competition") == competition
-    assert kernel.find_dir(tmp_path, kernel.is_bundle_dir, "bundle") == bundle
+def make_bundle(folder):
+    folder.mkdir(parents=True)
+    (folder / "weights_manifest.json").write_text("{}")
+    return folder
 
 
-def test_a_missing_folder_is_a_clear_error(kernel, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no competition folder .* found under"):
-        kernel.find_dir(tmp_path, kernel.is_competition_dir, "competition folder (test.csv + test_spectrograms/)")
+@pytest.mark.parametrize("mount", [SLUG, f"competitions/{SLUG}"])
+def test_the_competition_is_found_by_its_slug_before_a_copy_that_sorts_first(kernel, tmp_path, caplog, mount):
+    """An EDA dataset holding test.csv + test_spectrograms/ must not be taken for the competition."""
+    eda_copy = make_competition(tmp_path / "aaa-hms-copy")
+    (tmp_path / "aab-other" / "test_spectrograms").mkdir(parents=True)  # no test.csv: not a candidate
+    competition = make_competition(tmp_path / mount)
+    with caplog.at_level(logging.INFO, logger="hms_kernel"):
+        assert kernel.find_competition_dir(tmp_path, strict=True) == competition
+    assert f"named {SLUG}" in caplog.text and str(eda_copy) in caplog.text
+
+
+def test_without_the_slug_the_competition_is_found_by_content(kernel, tmp_path):
+    competition = make_competition(tmp_path / "datasets" / "someone" / "hms-data")
+    assert kernel.find_competition_dir(tmp_path, strict=True) == competition
+
+
+@pytest.mark.parametrize("mount", ["my-hms-models", "datasets/alice/my-hms-models"])
+def test_the_bundle_is_found_by_its_dataset_id_among_several(kernel, tmp_path, caplog, mount):
+    make_bundle(tmp_path / "aaa-old-bundle")
+    make_bundle(tmp_path / "datasets" / "bob" / "my-hms-models")  # same slug, another user
+    bundle = make_bundle(tmp_path / mount)
+    with caplog.at_level(logging.INFO, logger="hms_kernel"):
+        assert kernel.find_bundle_dir(tmp_path, "alice/my-hms-models", strict=True) == bundle
+    assert "the dataset alice/my-hms-models" in caplog.text
+
+
+def test_a_dataset_id_not_attached_falls_back_to_content_with_a_warning(kernel, tmp_path, caplog):
+    bundle = make_bundle(tmp_path / "datasets" / "alice" / "renamed-bundle")
+    with caplog.at_level(logging.INFO, logger="hms_kernel"):
+        assert kernel.find_bundle_dir(tmp_path, "alice/my-hms-models", strict=True) == bundle
+    assert "alice/my-hms-models is not attached" in caplog.text and "by content" in caplog.text
+
+
+def two_competition_copies(root):
+    return make_competition(root / "aaa-hms-copy"), make_competition(root / "datasets" / "x" / "hms-eda")
+
+
+def two_bundles(root):
+    return make_bundle(root / "aaa-bundle"), make_bundle(root / "datasets" / "x" / "zzz-bundle")
+
+
+@pytest.mark.parametrize("make, find", [
+    (two_competition_copies, lambda kernel, root, strict: kernel.find_competition_dir(root, strict)),
+    (two_bundles, lambda kernel, root, strict: kernel.find_bundle_dir(root, None, strict)),
+], ids=["competition", "bundle"])
+def test_several_candidates_are_logged_or_with_strict_refused(kernel, tmp_path, caplog, make, find):
+    first, second = make(tmp_path)
+    with caplog.at_level(logging.INFO, logger="hms_kernel"):
+        assert find(kernel, tmp_path, strict=False) == first
+    assert "2 candidates" in caplog.text and f"took {first}" in caplog.text and f"not {second}" in caplog.text
+    with pytest.raises(SystemExit, match="--strict: 2 candidates") as refused:
+        find(kernel, tmp_path, strict=True)
+    assert str(first) in str(refused.value) and str(second) in str(refused.value)
+
+
+def test_nothing_found_is_a_clear_error(kernel, tmp_path):
+    (tmp_path / "aaa-other-dataset" / "test_spectrograms").mkdir(parents=True)  # no test.csv: not it
+    with pytest.raises(SystemExit, match=r"no competition folder \(test.csv \+ test_spectrograms/\) found under"
+                                         r".*--data-dir"):
+        kernel.find_competition_dir(tmp_path, strict=False)
+    with pytest.raises(SystemExit, match=r"no bundle folder \(weights_manifest.json\) found under .*--bundle-dir"):
+        kernel.find_bundle_dir(tmp_path, "alice/my-hms-models", strict=False)
+
+
+def test_on_kaggle_the_folders_are_discovered_with_the_built_dataset_id(kernel, tmp_path, monkeypatch):
+    competition = make_competition(tmp_path / "competitions" / SLUG)
+    make_bundle(tmp_path / "aaa-bundle")
+    bundle = make_bundle(tmp_path / "datasets" / "alice" / "my-hms-models")
+    monkeypatch.setattr(kernel, "KAGGLE_INPUT", tmp_path)
+    monkeypatch.setattr(kernel, "BUNDLE_DATASET", "alice/my-hms-models")
+    args = kernel.parse_args(["--strict"])
+    assert (args.data_dir, args.bundle_dir, args.strict) == (competition, bundle, True)
 
 
 def test_outside_kaggle_the_folders_are_required(kernel, capsys):
     with pytest.raises(SystemExit):
         kernel.parse_args(["--data-dir", "x"])
     assert "required outside Kaggle" in capsys.readouterr().err
+
+
+def local_args(folder):
+    return ["--data-dir", str(folder), "--bundle-dir", str(folder), "--output", str(folder / "s.csv")]
+
+
+def test_strict_is_off_unless_asked_for(kernel, tmp_path):
+    assert kernel.parse_args(local_args(tmp_path)).strict is False
+    assert kernel.parse_args([*local_args(tmp_path), "--strict"]).strict is True
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "1.5", "many"])
+def test_batch_size_must_be_a_whole_number_of_at_least_one(kernel, tmp_path, capsys, value):
+    with pytest.raises(SystemExit):
+        kernel.parse_args([*local_args(tmp_path), "--batch-size", value])
+    assert f"argument --batch-size: must be a whole number >= 1, not {value!r}" in capsys.readouterr().err
+    assert kernel.parse_args([*local_args(tmp_path), "--batch-size", "1"]).batch_size == 1
 
 
 def test_only_missing_or_other_version_wheels_are_installed(kernel):
@@ -70,6 +155,45 @@ def test_a_failed_install_names_the_package(kernel, tmp_path):
     ]}))
     with pytest.raises(SystemExit, match="installing surely-not-installed-pkg==1.0 .* failed"):
         kernel.install_bundle_wheels(tmp_path)
+
+
+def write_lock(bundle, text):
+    (bundle / "wheels").mkdir(exist_ok=True)
+    (bundle / "wheels" / "lock.json").write_text(text)
+    return bundle / "wheels" / "lock.json"
+
+
+GOOD_ENTRY = {"name": "surely-not-installed-pkg", "version": "1.0", "file": "s-1.0-py3-none-any.whl"}
+
+
+@pytest.mark.parametrize("lock, problem", [
+    ('{"packages": [{"name": "a", "vers', "not a readable JSON file"),
+    ("", "not a readable JSON file"),
+    ("[]", "lacks a 'packages' list"),
+    ('{"format_version": 1}', "lacks a 'packages' list"),
+    ('{"packages": {"name": "a"}}', "lacks a 'packages' list"),
+    (json.dumps({"packages": [GOOD_ENTRY] * 3 + [{"name": "b", "version": "1.0"}]}), "packages[3] lacks 'file'"),
+    (json.dumps({"packages": [{"version": "1.0", "file": "b.whl"}]}), "packages[0] lacks 'name'"),
+    (json.dumps({"packages": [{"name": "b", "file": "b.whl"}]}), "packages[0] lacks 'version'"),
+    (json.dumps({"packages": [{**GOOD_ENTRY, "version": 1.0}]}), "packages[0] has 'version' 1.0, not a non-empty string"),
+    (json.dumps({"packages": ["b.whl"]}), "packages[0] is not an object"),
+    (json.dumps({"packages": [{**GOOD_ENTRY, "install_if": "always"}]}), "packages[0] has 'install_if' 'always'"),
+], ids=["truncated", "empty", "not-an-object", "no-packages", "packages-not-a-list", "entry-lacks-file",
+        "entry-lacks-name", "entry-lacks-version", "version-not-a-string", "entry-not-an-object", "unknown-install-rule"])
+def test_a_damaged_lock_file_is_a_clear_error_naming_file_and_field(kernel, tmp_path, lock, problem):
+    path = write_lock(tmp_path, lock)
+    with pytest.raises(SystemExit) as refused:
+        kernel.install_bundle_wheels(tmp_path)
+    assert str(refused.value).startswith(f"error: {path}: {problem}")
+
+
+def test_the_kernel_stops_on_a_damaged_lock_with_a_message_not_a_traceback(tmp_path):
+    path = write_lock(tmp_path, json.dumps({"packages": [GOOD_ENTRY] * 3 + [{"name": "b", "version": "1.0"}]}))
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "kernel" / "inference.py"), *local_args(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert f"error: {path}: packages[3] lacks 'file'" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
 
 
 def test_runs_from_a_notebook_cell_without_file_and_with_ipykernel_arguments(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ from hms_offline.manifest import (
     ManifestError,
     load_manifest,
     make_entry,
+    manifest_problems,
     read_manifest,
     sha256_file,
     write_manifest,
@@ -56,22 +57,54 @@ def test_load_round_trips(bundle):
     assert read_manifest(bundle / "weights_manifest.json") == manifest
 
 
-def test_a_missing_weights_file_is_refused(bundle):
-    (bundle / "weights" / "mobilenetv3_large_fold0.weights.h5").unlink()
-    with pytest.raises(ManifestError, match="mobilenetv3_large_fold0.weights.h5 is missing"):
-        load_manifest(bundle)
+def second_entry(folder):
+    """Add a second, valid entry so that a bad first entry costs only itself."""
+    weights = folder / "weights" / "mobilenetv3_large_fold1.weights.h5"
+    weights.write_bytes(b"fold 1")
+    good = make_entry(weights, folder, arch="mobilenetv3_large", fold=1)
+    edit_manifest(folder, lambda raw: raw["models"].append(json.loads(Manifest(models=[good]).to_json())["models"][0]))
 
 
-def test_an_altered_weights_file_is_refused(bundle):
-    (bundle / "weights" / "mobilenetv3_large_fold0.weights.h5").write_bytes(b"tampered")
-    with pytest.raises(ManifestError, match="sha256 of .*mobilenetv3_large_fold0.weights.h5 is [0-9a-f]{64}, the manifest says"):
-        load_manifest(bundle)
+@pytest.mark.parametrize("change, reason", [
+    (lambda folder, raw: (folder / "weights" / "mobilenetv3_large_fold0.weights.h5").unlink(),
+     r"weights file .*mobilenetv3_large_fold0.weights.h5 is missing"),
+    (lambda folder, raw: (folder / "weights" / "mobilenetv3_large_fold0.weights.h5").write_bytes(b"tampered"),
+     r"sha256 of .*mobilenetv3_large_fold0.weights.h5 is [0-9a-f]{64}, the manifest says"),
+    (lambda folder, raw: raw["models"][0].update(arch="resnet50"), r"models\[0\] has unknown arch 'resnet50'"),
+    (lambda folder, raw: raw["models"][0].update(ensemble_weight="1.0"),
+     r"models\[0\] field 'ensemble_weight' is '1.0', expected a number >= 0"),
+    (lambda folder, raw: raw["models"][0].update(ensemble_weight=-1), r"field 'ensemble_weight' is -1"),
+    (lambda folder, raw: raw["models"][0].pop("sha256"), r"models\[0\] lacks \['sha256'\]"),
+    (lambda folder, raw: raw["models"][0].update(fold="0"), r"field 'fold' is '0', expected an integer"),
+    (lambda folder, raw: raw["models"][0].update(class_prior=[0.5, 0.5]), r"field 'class_prior'"),
+    (lambda folder, raw: raw["models"][0].update(input_shape=[256, 256, 3]), r"field 'input_shape'"),
+    (lambda folder, raw: raw["models"][1].update(name="mobilenetv3_large_fold0"), r"models\[1\] has the name of an earlier entry"),
+])
+def test_a_bad_entry_costs_only_itself_and_is_named(bundle, change, reason):
+    import re
+
+    second_entry(bundle)
+    edit_manifest(bundle, lambda raw: change(bundle, raw))
+    manifest, _ = load_manifest(bundle)
+    assert len(manifest.models) == 1
+    ((name, why),) = manifest.rejected
+    assert re.search(reason, why), why
+    (problem,) = manifest_problems(bundle)
+    assert name in problem and str(bundle) in problem and re.search(reason, problem)
 
 
-def test_an_unknown_arch_is_refused(bundle):
+def test_no_usable_entry_is_an_error_listing_each_reason(bundle):
     edit_manifest(bundle, lambda raw: raw["models"][0].update(arch="resnet50"))
-    with pytest.raises(ManifestError, match="unknown arch 'resnet50'"):
+    with pytest.raises(ManifestError, match=r"no usable model\n  mobilenetv3_large_fold0: .*unknown arch 'resnet50'"):
         load_manifest(bundle)
+
+
+def test_a_good_manifest_has_no_problems_and_keeps_its_class_prior(bundle):
+    prior = [0.1, 0.2, 0.3, 0.1, 0.1, 0.2]
+    edit_manifest(bundle, lambda raw: raw["models"][0].update(class_prior=prior))
+    assert manifest_problems(bundle) == []
+    manifest, _ = load_manifest(bundle)
+    assert manifest.models[0].class_prior == prior and manifest.rejected == []
 
 
 def test_an_unknown_preprocessing_is_refused(bundle):
@@ -110,10 +143,17 @@ def test_a_missing_manifest_and_invalid_json_are_clear_errors(tmp_path):
     (tmp_path / "weights_manifest.json").write_text("{")
     with pytest.raises(ManifestError, match="not valid JSON"):
         load_manifest(tmp_path)
+    (tmp_path / "weights_manifest.json").write_text("[]")
+    with pytest.raises(ManifestError, match="expected a JSON object"):
+        load_manifest(tmp_path)
+    (tmp_path / "weights_manifest.json").write_text('{"format_version": 1, "classes": [], "preprocessing": {}}')
+    with pytest.raises(ManifestError, match="missing top-level field 'models'"):
+        load_manifest(tmp_path)
+    assert manifest_problems(tmp_path) == [f"{tmp_path / 'weights_manifest.json'}: missing top-level field 'models'"]
 
 
 def test_the_committed_manifest_is_valid():
     from conftest import REPO_ROOT
 
-    manifest, _ = load_manifest(REPO_ROOT / "weights_manifest.json")
-    assert manifest.classes == list(CLASSES)
+    manifest = read_manifest(REPO_ROOT / "weights_manifest.json")
+    assert manifest.classes == list(CLASSES) and manifest.rejected == []

@@ -2,9 +2,12 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from hms_offline.constants import IMAGE_SHAPE
-from hms_offline.preprocess import cut_window, model_input, window_start
+from hms_offline.preprocess import cut_window, model_input, signal_fraction, window_start
 
 
 def columns_spectrogram(values) -> np.ndarray:
@@ -70,3 +73,36 @@ def test_a_constant_window_standardises_to_zero_not_nan():
 def test_an_offset_past_the_end_gives_a_padded_window():
     out = model_input(columns_spectrogram(np.ones(10)), offset_seconds=1000.0)
     assert out.shape == IMAGE_SHAPE and not out.any()
+
+
+@settings(max_examples=150, deadline=None)
+@given(spectrogram=arrays(
+    np.float32, st.tuples(st.just(400), st.integers(0, 420)),
+    elements=st.floats(width=32, allow_nan=True, allow_infinity=True),
+))
+def test_any_spectrogram_gives_a_finite_model_input(spectrogram):
+    """Any [400, T] array, T >= 0, NaN and +-inf included: a finite [400, 300, 3] image."""
+    image = model_input(spectrogram)
+    assert image.shape == (400, 300, 3) and image.dtype == np.float32
+    assert np.isfinite(image).all()
+
+
+def test_nan_is_no_power_and_inf_is_clipped_like_any_value():
+    spectrogram = np.full((400, 300), 2.0, dtype=np.float32)
+    spectrogram[:, :100] = np.linspace(0.5, 5000, 100)
+    with_nan, with_inf = spectrogram.copy(), spectrogram.copy()
+    with_nan[0, 0], with_inf[0, 1], with_inf[1, 1] = np.nan, np.inf, -np.inf
+    zeroed, clipped = spectrogram.copy(), spectrogram.copy()
+    zeroed[0, 0], clipped[0, 1], clipped[1, 1] = 0.0, np.exp(8.0), 0.0
+    np.testing.assert_array_equal(model_input(with_nan), model_input(zeroed))
+    np.testing.assert_array_equal(model_input(with_inf), model_input(clipped))
+
+
+def test_signal_fraction_counts_the_cells_of_the_window_that_hold_power():
+    assert signal_fraction(np.ones((400, 300), dtype=np.float32)) == 1.0
+    assert signal_fraction(np.zeros((400, 0), dtype=np.float32)) == 0.0
+    assert signal_fraction(np.full((400, 300), np.inf, dtype=np.float32)) == 0.0
+    assert signal_fraction(np.ones((400, 30), dtype=np.float32)) == 0.1  # 30 of 300 columns, right-padded
+    long = np.zeros((400, 900), dtype=np.float32)
+    long[:, 300:450] = 1.0  # the centred window [300, 600) holds half of it
+    assert signal_fraction(long) == 0.5

@@ -29,7 +29,7 @@ from hms_offline.manifest import read_manifest, verify_files
 
 pytestmark = pytest.mark.slow
 
-SYNTHETIC = dict(n_train=240, n_test=2, seed=3)  # ~110 EEGs of ~45 patients
+SYNTHETIC = dict(n_train=240, n_test=24, seed=3)  # ~110 EEGs of ~45 patients; 24 for the kernel
 MOBILENET_FLAGS = [
     "--n-splits", "2", "--folds", "0", "--epochs", "4", "--steps-per-epoch", "8", "--batch-size", "8",
     "--warmup-epochs", "1", "--peak-learning-rate", "2e-3", "--progress", "epoch",
@@ -149,6 +149,28 @@ def test_short_run_learns_well_below_the_class_prior(mobilenet_run):
     assert cv["cv_kl"] < 0.8 * cv["prior_kl"], cv
 
 
+@pytest.mark.slow
+def test_the_kernel_with_the_trained_fold_scores_below_its_class_prior(mobilenet_run, competition, tmp_path):
+    """The kernel, offline, on the run folder as training left it: every row predicted (none on
+    the fallback), and the submission's KL well below that of the fold's class prior."""
+    from conftest import REPO_ROOT, run_offline
+    from hms_offline.constants import VOTE_COLUMNS
+    from hms_offline.metric import score_files
+
+    output = tmp_path / "submission.csv"
+    result = run_offline([sys.executable, str(REPO_ROOT / "kernel" / "inference.py"), "--data-dir", str(competition),
+                          "--bundle-dir", str(mobilenet_run.dir), "--output", str(output), "--strict"], timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "inference_report.json").read_text())
+    fold_prior = json.loads((mobilenet_run.dir / "fold0" / "summary.json").read_text())["prior"]
+    assert report["fallback_rows"] == [] and report["fallback"] == pytest.approx(fold_prior)
+    prior_submission = pd.read_csv(output).assign(**dict(zip(VOTE_COLUMNS, fold_prior)))
+    prior_submission.to_csv(tmp_path / "prior.csv", index=False)
+    kernel_kl = score_files(competition / "test_solution.csv", output)
+    prior_kl = score_files(competition / "test_solution.csv", tmp_path / "prior.csv")
+    assert kernel_kl < 0.8 * prior_kl, (kernel_kl, prior_kl)
+
+
 def test_saved_weights_reproduce_the_out_of_fold_predictions(mobilenet_run):
     import h5py
 
@@ -244,7 +266,7 @@ def test_training_input_equals_what_inference_computes(competition, tmp_path):
 
     from hms_offline.convert import convert_tree
     from hms_offline.data import prepare_spectrograms
-    from hms_offline.inference import load_batch
+    from hms_offline.inference import read_window
     from hms_offline.labels import read_train_labels, vote_fractions
     from hms_offline.preprocess import window_start
     from hms_offline.train import validation_dataset
@@ -265,7 +287,9 @@ def test_training_input_equals_what_inference_computes(competition, tmp_path):
         window.to_parquet(test_dir / f"{row.label_id}.parquet", index=False)
     converted = tmp_path / "test_npy"
     convert_tree(test_dir, converted, workers=1, progress=False)
-    kernel_images = load_batch(converted, rows["label_id"].tolist())
+    windows = [read_window(converted, label_id) for label_id in rows["label_id"]]
+    assert [problem for _, problem in windows] == [None] * len(rows)
+    kernel_images = np.stack([image for image, _ in windows])
     assert kernel_images.shape == (3, *IMAGE_SHAPE)
     np.testing.assert_array_equal(images.numpy(), kernel_images)
 
@@ -376,8 +400,12 @@ def test_a_pretrained_backbone_of_another_shape_is_refused(tmp_path):
 def test_strategy_and_precision_on_this_machine():
     from hms_offline.train import precision_policy, select_strategy
 
+    import tensorflow as tf
+
     strategy, device = select_strategy()
-    assert device == "CPU" and strategy.num_replicas_in_sync == 1
+    gpus = len(tf.config.list_logical_devices("GPU"))
+    expected = {0: "CPU", 1: "GPU"}.get(gpus, f"{gpus} GPUs")  # what this machine has, not what CI has
+    assert device == expected and strategy.num_replicas_in_sync == max(1, gpus)
     assert precision_policy("auto", "CPU") == "float32"
     assert precision_policy("auto", "2 GPUs") == "mixed_float16"
     assert precision_policy("auto", "TPU") == "mixed_bfloat16"

@@ -20,6 +20,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from hms_offline.bundle.common import BundleError, sha256_of
@@ -280,10 +281,26 @@ def test_verify_runs_the_built_kernel_offline_in_a_fresh_env(built_dist, kaggle_
 
 
 @pytest.mark.slow
-def test_verify_fails_loudly_when_the_kernel_fails(built_dist, kaggle_base, wheel_cache, tmp_path, caplog):
+def test_verify_fails_loudly_naming_every_fault_of_the_built_kernel_run(
+        built_dist, kaggle_base, wheel_cache, synthetic_competition, tmp_path, caplog):
+    """The BUILT kernel, offline in a fresh env, under --strict (as --verify runs it) on a
+    bundle missing one model and test data with three faults: each is named, nothing is written."""
     broken = tmp_path / "dist"
     shutil.copytree(built_dist, broken)
     next((broken / SLUG / "weights").glob("efficientnetv2_b2*")).unlink()
-    assert build_bundle.main(["--verify", str(broken), "--kaggle-base", str(kaggle_base),
-                    "--wheel-cache", str(wheel_cache), "--offline"]) == 1
-    assert "the kernel failed offline" in caplog.text and "missing" in caplog.text
+    data = shutil.copytree(synthetic_competition, tmp_path / "data")
+    test = pd.read_csv(data / "test.csv")
+    corrupt = test["spectrogram_id"][0]
+    (data / "test_spectrograms" / f"{corrupt}.parquet").write_bytes(b"PAR1 truncated")
+    (data / "test_spectrograms" / f"{test['spectrogram_id'][1]}.parquet").unlink()
+    lines = (data / "test.csv").read_text().splitlines()
+    lines[3] = "," + lines[3].split(",", 1)[1]  # line 4: blank spectrogram_id
+    (data / "test.csv").write_text("\n".join(lines) + "\n")
+    assert build_bundle.main(["--verify", str(broken), "--data-dir", str(data), "--kaggle-base", str(kaggle_base),
+                              "--wheel-cache", str(wheel_cache), "--offline"]) == 1
+    text = caplog.text
+    assert "the kernel failed offline" in text and "--strict: 5 problem(s), no submission written" in text
+    assert "model efficientnetv2_b2_fold0" in text and "is missing" in text
+    assert f"eeg_id {test['eeg_id'][0]} (spectrogram {corrupt}) got the fallback at stage convert" in text
+    assert f"eeg_id {test['eeg_id'][1]} (spectrogram {test['spectrogram_id'][1]}) got the fallback at stage convert" in text
+    assert "spectrogram_id cell blank (test.csv line 4)" in text

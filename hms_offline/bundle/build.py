@@ -4,6 +4,7 @@ README.md and BUNDLE.json, assembled in a staging folder and moved into place.""
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import re
 import shutil
@@ -14,12 +15,14 @@ from pathlib import Path
 from .common import (FORMAT_VERSION, KERNEL_SCRIPT, LOG, MANIFEST_NAME, REPO_ROOT, BundleError, human_size,
                      sha256_of, write_json)
 from .package import SourceState, build_package_wheel, read_source_state
-from .weights import check_weight_files, copy_weights, read_weights_manifest
+from .weights import check_with_kernel_loader, copy_weights, merged_manifest
 from .wheels import (KERNEL_WHEEL_PINS, Target, check_pins_against_image, ensure_cached_wheels, parse_pin,
                      parse_wheel_filename, wheel_lock)
 
 COMPETITION = "hms-harmful-brain-activity-classification"
 DEFAULT_DATASET_SLUG = "hms-offline-bundle"
+# The kernel's one line that the build rewrites to name the dataset it ships with.
+DATASET_ID_LINE = re.compile(r"^BUNDLE_DATASET = None  # build_bundle\.py replaces this line\b[^\r\n]*$", re.MULTILINE)
 
 # Kaggle's limit on one dataset. Kaggle's own documentation could not be consulted from
 # this workplace: 100 GB is an assumed figure (a private-dataset quota "over 100 GB" is
@@ -58,6 +61,20 @@ def kernel_metadata(user: str, slug: str, gpu: bool) -> dict:
     }
 
 
+def built_kernel_script(kernel_script: Path, dataset_id: str) -> bytes:
+    """The kernel script with the dataset id written into its marked line (and nothing else
+    changed), so that on Kaggle it finds its own bundle first."""
+    if not kernel_script.is_file():
+        raise BundleError(f"the kernel script {kernel_script} is missing")
+    text = kernel_script.read_bytes().decode("utf-8")
+    marked = DATASET_ID_LINE.findall(text)
+    if len(marked) != 1:
+        raise BundleError(f"{kernel_script}: expected one line `BUNDLE_DATASET = None  # build_bundle.py replaces "
+                          f"this line ...` to write the dataset id into, found {len(marked)}")
+    built = f"BUNDLE_DATASET = {json.dumps(dataset_id)}  # written by build_bundle.py: the dataset it built"
+    return DATASET_ID_LINE.sub(built, text).encode("utf-8")
+
+
 def dataset_readme(user: str, slug: str, version: str, source: SourceState, target: Target, manifest: dict) -> str:
     lines = [
         f"# {dataset_title(slug)}",
@@ -78,8 +95,6 @@ def dataset_readme(user: str, slug: str, version: str, source: SourceState, targ
     for model in manifest["models"]:
         lines.append(f"| {model['name']} | {model.get('arch', '')} | {model.get('fold', '')} | "
                      f"{model.get('ensemble_weight', '')} | {model.get('cv_kl', '')} |")
-    if not manifest["models"]:
-        lines.append("| (none: the kernel refuses to predict) | | | | |")
     lines += ["", "`BUNDLE.json` lists every file with its size and sha256.", ""]
     return "\n".join(lines)
 
@@ -116,7 +131,7 @@ def bundle_record(dataset: Path, kernel: Path, source: SourceState, version: str
 @dataclass
 class BuildOptions:
     kaggle_user: str
-    manifest: Path
+    manifests: list[Path]  # several: their models ship as one ensemble
     out: Path
     dataset_slug: str
     target: Target
@@ -151,12 +166,11 @@ def build_bundle(options: BuildOptions) -> BuildResult:
     all in a staging folder that replaces the previous dist only when complete."""
     check_names(options.kaggle_user, options.dataset_slug)
     check_pins_against_image()
-    manifest_path = options.manifest.resolve()
-    manifest = read_weights_manifest(manifest_path)
-    check_weight_files(manifest, manifest_path.parent)
-    kernel_script = options.repo / KERNEL_SCRIPT
-    if not kernel_script.is_file():
-        raise BundleError(f"the kernel script {kernel_script} is missing")
+    kernel_script = built_kernel_script(options.repo / KERNEL_SCRIPT, f"{options.kaggle_user}/{options.dataset_slug}")
+    manifest_paths = [path.resolve() for path in options.manifests]
+    check_with_kernel_loader(manifest_paths, options.repo)
+    manifest_dir = manifest_paths[0].parent
+    manifest = merged_manifest(manifest_paths, manifest_dir)
     source = read_source_state(options.repo)
     if source.dirty:
         LOG.warning("the working tree has uncommitted changes to the packed files: the version says .dirty")
@@ -169,8 +183,8 @@ def build_bundle(options: BuildOptions) -> BuildResult:
         kernel = staging / "kernel"
         (dataset / "wheels").mkdir(parents=True)
         kernel.mkdir()
-        version, bundled = assemble_dataset(options, manifest, manifest_path.parent, source, wheels, dataset)
-        shutil.copyfile(kernel_script, kernel / "inference.py")
+        version, bundled = assemble_dataset(options, manifest, manifest_dir, source, wheels, dataset)
+        (kernel / "inference.py").write_bytes(kernel_script)
         write_json(kernel / "kernel-metadata.json", kernel_metadata(options.kaggle_user, options.dataset_slug, options.gpu))
         built_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         record = bundle_record(dataset, kernel, source, version, options.target, options.kaggle_user,

@@ -97,9 +97,10 @@ def kernel_summary(output: str) -> str:
 
 
 def run_kernel(python: Path, work: Path, data: Path, block: NetworkBlock) -> str:
+    """The kernel with --strict: a fallback Kaggle would survive is a failure of the dry run."""
     result = block.run([str(python), str(work / KERNEL_SCRIPT), "--data-dir", str(data), "--bundle-dir",
                         str(work / "bundle"), "--output", str(work / "submission.csv"),
-                        "--work-dir", str(work / "kernel-work")], cwd=work)
+                        "--work-dir", str(work / "kernel-work"), "--strict"], cwd=work)
     if result.returncode != 0:
         raise BundleError(f"the kernel failed offline (exit code {result.returncode}); its last output:\n"
                           f"{result.stdout[-6000:]}", exit_code=1)

@@ -1,0 +1,115 @@
+"""What one inference run did, for the log and for `inference_report.json` beside the
+submission: rows, the fallback vector and where it came from, every row that got it and
+why, the models used and dropped, engine, versions and timings.
+
+`problems()` lists every departure from a clean run; `--strict` turns them into an error.
+"""
+
+import dataclasses
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hms_offline.atomic import write_text_atomically
+
+REPORT_NAME = "inference_report.json"
+LISTED_IN_LOG = 10
+
+
+@dataclass(frozen=True)
+class FallbackRow:
+    """A submission row (or test row / spectrogram) predicted by the fallback, and why."""
+
+    eeg_id: object
+    spectrogram_id: int | None
+    stage: str  # test.csv, sample_submission.csv, convert, load, signal, predict
+    reason: str
+
+
+@dataclass(frozen=True)
+class DroppedModel:
+    name: str
+    file: str
+    reason: str
+
+
+@dataclass
+class InferenceReport:
+    submission: str = ""  # the path written (or, under --strict, not written)
+    rows: int = 0
+    spectrograms: int = 0
+    engine: str = "keras"
+    fallback: list[float] = field(default_factory=list)
+    fallback_source: str = ""
+    fallback_rows: list[FallbackRow] = field(default_factory=list)  # rows of submission.csv
+    set_aside_test_rows: list[FallbackRow] = field(default_factory=list)  # rows of test.csv not used
+    models: list[dict] = field(default_factory=list)  # name, file, weight (renormalised)
+    models_dropped: list[DroppedModel] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # choices a reader should know of
+    versions: dict[str, str | None] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    model_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fallbacks(self) -> list:
+        """The eeg_ids of submission rows predicted by the fallback."""
+        return [row.eeg_id for row in self.fallback_rows]
+
+    def problems(self) -> list[str]:
+        """Every departure from a clean run, one line each."""
+        return (
+            [f"test.csv row set aside: {row.reason}" for row in self.set_aside_test_rows]
+            + [f"eeg_id {row.eeg_id} (spectrogram {row.spectrogram_id}) got the fallback at stage "
+               f"{row.stage}: {row.reason}" for row in self.fallback_rows]
+            + [f"model {model.name} ({model.file}) dropped: {model.reason}" for model in self.models_dropped]
+            + self.warnings
+        )
+
+    def lines(self) -> list[str]:
+        out = [
+            f"submission rows: {self.rows}",
+            f"test spectrograms: {self.spectrograms}",
+            f"engine: {self.engine}",
+            f"models: {len(self.models)} ({', '.join(model['name'] for model in self.models)})",
+            f"models dropped: {len(self.models_dropped)}"
+            + "".join(f"\n  {model.name}: {model.reason}" for model in self.models_dropped),
+            f"fallback: {self.fallback_source} {[round(p, 4) for p in self.fallback]}",
+            f"fallback rows: {len(self.fallback_rows)} of {self.rows}"
+            + "".join(f"\n  eeg_id {row.eeg_id}: {row.stage}: {row.reason}"
+                      for row in self.fallback_rows[:LISTED_IN_LOG])
+            + (f"\n  ... and {len(self.fallback_rows) - LISTED_IN_LOG} more" if len(self.fallback_rows) > LISTED_IN_LOG else ""),
+            f"test.csv rows set aside: {len(self.set_aside_test_rows)}",
+        ]
+        out += [f"warning: {warning}" for warning in self.warnings]
+        out += [f"stage {name}: {seconds:.1f} s" for name, seconds in self.stage_seconds.items()]
+        out += [f"model {name}: {seconds:.1f} s" for name, seconds in self.model_seconds.items()]
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, default=str) + "\n"
+
+    def write(self, path: Path) -> Path:
+        return write_text_atomically(Path(path), self.to_json())
+
+
+def runtime_versions() -> dict[str, str | None]:
+    """Python, the platform and the packages the kernel ran on (from metadata: no imports)."""
+    from importlib import metadata
+
+    import hms_offline
+    from hms_offline.manifest import installed_versions
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "hms_offline": hms_offline.__version__,
+        **{name: version(name) for name in ("numpy", "pandas", "pyarrow")},
+        **installed_versions(),
+    }
