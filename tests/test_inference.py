@@ -200,6 +200,7 @@ def break_competition(source, destination) -> dict:
     write_parquet(spectrograms / f"{sid[4]}.PQ", spectrogram_table(good))  # another extension and case: fine
     write_parquet(spectrograms / f"{sid[5]}.parquet",
                   spectrogram_table(good, column_order=SPECTROGRAM_COLUMNS[::-1]).drop(["time"]))  # fine
+    (spectrograms / "999.parquet").write_bytes(b"not in test.csv: never read")
     lines = (data / "test.csv").read_text().splitlines()
     lines[1 + 6] = f",{eeg[6]},{test['patient_id'][6]}"  # blank spectrogram_id
     lines[1 + 7] = f"{sid[7]},,{test['patient_id'][7]}"  # blank eeg_id: its sample row has no test row
@@ -215,7 +216,14 @@ def test_each_fault_costs_only_its_own_row_or_model_and_is_reported(synthetic_co
     expected, predicted = break_competition(synthetic_competition, tmp_path / "competition")
     output = tmp_path / "out"  # an existing folder: the submission goes inside
     output.mkdir()
-    report = predict_competition(tmp_path / "competition", faulty_bundle, output, load=fake_load, batch_size=3)
+    work = tmp_path / "work"
+    report = predict_competition(tmp_path / "competition", faulty_bundle, output, load=fake_load, batch_size=3,
+                                 work_dir=work)
+    sid = pd.read_csv(synthetic_competition / "test.csv")["spectrogram_id"].tolist()
+    # converted: exactly the readable files of the usable rows (not rows 6 and 7, set aside; not 999)
+    assert sorted(p.name for p in (work / "test_spectrograms").glob("*.npy")) == sorted(
+        f"{i}.npy" for i in sid[2:6] + sid[8:])
+    assert "999" not in json.dumps(json.loads((output / "inference_report.json").read_text()))
     submission = pd.read_csv(output / "submission.csv").set_index(ID_COLUMN)
     assert {row.eeg_id: row.stage for row in report.fallback_rows} == expected
     np.testing.assert_allclose(submission.loc[list(expected)].to_numpy(), np.tile(PRIOR, (len(expected), 1)))

@@ -296,7 +296,7 @@ def test_verify_fails_loudly_naming_every_fault_of_the_built_kernel_run(
     lines = (data / "test.csv").read_text().splitlines()
     lines[3] = "," + lines[3].split(",", 1)[1]  # line 4: blank spectrogram_id
     (data / "test.csv").write_text("\n".join(lines) + "\n")
-    assert build_bundle.main(["--verify", str(broken), "--data-dir", str(data), "--kaggle-base", str(kaggle_base),
+    assert build_bundle.main(["--verify", str(broken), "--verify-data", str(data), "--kaggle-base", str(kaggle_base),
                               "--wheel-cache", str(wheel_cache), "--offline"]) == 1
     text = caplog.text
     assert "the kernel failed offline" in text and "--strict: 5 problem(s), no submission written" in text
