@@ -7,18 +7,20 @@ PY := $(VENV)/bin/python
 MODEL_EXTRA := $(if $(shell command -v nvidia-smi 2>/dev/null),model,model-cpu)
 STAMP := $(VENV)/.installed-$(MODEL_EXTRA)
 
-# What Kaggle's base image is sure to have, and nothing else: `build_bundle.py --verify`
-# runs the kernel in a fresh venv layered on this one (tensorflow brings the keras it requires).
+# The Kaggle-shaped base: a venv of the image's own Python (3.12) with the image's pins, all
+# in hms_offline/bundle/kaggle_image.txt (the one place they live). `build_bundle.py --verify`
+# runs the built kernel in a fresh venv layered on it. Fails, saying where it looked, when no
+# CPython 3.12 is found; `make kaggle-base KAGGLE_PYTHON=/path/to/python3.12` names one.
 KAGGLE_BASE := .venv-kaggle-base
-KAGGLE_BASE_PACKAGES := tensorflow-cpu==2.21.0 numpy pandas pyarrow scikit-learn
+KAGGLE_IMAGE := hms_offline/bundle/kaggle_image.txt
+KAGGLE_IMAGE_TOOL := $(PYTHON) -m hms_offline.bundle.kaggle_image
 KAGGLE_BASE_STAMP := $(KAGGLE_BASE)/.installed
+KAGGLE_PYTHON ?=
+export KAGGLE_PYTHON
 
-# The kernel's pinned wheels: for Kaggle's CPython 3.12 (what the bundle ships) and for the
-# local Python (what the local verification installs).
-KAGGLE_PYTHON_VERSION := 3.12
-LOCAL_PYTHON_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-LOCAL_PLATFORM := manylinux2014_$(shell uname -m)
-WHEELS_STAMP := .cache/wheels/.fetched-$(KAGGLE_PYTHON_VERSION)-$(LOCAL_PYTHON_VERSION)
+# The keras engine's wheels (KERNEL_WHEEL_PINS in hms_offline/bundle/wheels.py) for every
+# CPython the bundle ships them for (3.11, 3.12, 3.13), into .cache/wheels/.
+WHEELS_STAMP := .cache/wheels/.fetched
 
 .PHONY: setup kaggle-base wheels test demo clean
 
@@ -32,18 +34,23 @@ $(STAMP): pyproject.toml
 
 kaggle-base: $(KAGGLE_BASE_STAMP)
 
-$(KAGGLE_BASE_STAMP):
-	rm -rf $(KAGGLE_BASE)
-	$(PYTHON) -m venv $(KAGGLE_BASE)
+$(KAGGLE_BASE_STAMP): $(KAGGLE_IMAGE) hms_offline/bundle/kaggle_image.py
+	@kaggle_python=$$($(KAGGLE_IMAGE_TOOL) python) || exit 1; \
+	echo "kaggle-base: $$kaggle_python, pins of $(KAGGLE_IMAGE)"; \
+	rm -rf $(KAGGLE_BASE) && "$$kaggle_python" -m venv $(KAGGLE_BASE)
+	$(KAGGLE_IMAGE_TOOL) constraints > $(KAGGLE_BASE)/constraints.txt
 	$(KAGGLE_BASE)/bin/python -m pip install --quiet --upgrade pip
-	$(KAGGLE_BASE)/bin/python -m pip install --quiet $(KAGGLE_BASE_PACKAGES)
+	$(KAGGLE_BASE)/bin/python -m pip install --quiet -c $(KAGGLE_BASE)/constraints.txt $$($(KAGGLE_IMAGE_TOOL) pins install)
+	$(KAGGLE_BASE)/bin/python -m pip install --quiet --no-deps $$($(KAGGLE_IMAGE_TOOL) pins no-deps)
+	@# offline (the tests' socket guard), as in the kernel: the image's own keras-cv imports
+	PYTHONPATH=tests/offline_guard TF_CPP_MIN_LOG_LEVEL=3 $(KAGGLE_BASE)/bin/python -c "import tensorflow, keras, keras_cv" \
+	  || { echo "kaggle-base: import tensorflow, keras, keras_cv fails offline in $(KAGGLE_BASE)" >&2; exit 1; }
 	touch $@
 
 wheels: $(WHEELS_STAMP)
 
-$(WHEELS_STAMP): build_bundle.py $(STAMP)
-	$(PY) build_bundle.py --fetch-wheels --python-version $(KAGGLE_PYTHON_VERSION)
-	$(PY) build_bundle.py --fetch-wheels --python-version $(LOCAL_PYTHON_VERSION) --platform $(LOCAL_PLATFORM)
+$(WHEELS_STAMP): build_bundle.py hms_offline/bundle/wheels.py $(STAMP)
+	$(PY) build_bundle.py --fetch-wheels
 	touch $@
 
 test: setup kaggle-base wheels

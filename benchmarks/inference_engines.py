@@ -1,82 +1,71 @@
-"""Side-by-side inference speed of one model under several engines, on this machine.
+"""Side-by-side inference speed of one model under the kernel's engines, on this machine.
 
-    .venv/bin/python benchmarks/inference_engines.py [--arch mobilenetv3_large] [--images 32]
+    .venv/bin/python benchmarks/inference_engines.py [--arch mobilenetv3_large] [--images 64] [--batch-size 16]
 
-Prints images/s per engine and the ratio to Keras `predict_on_batch` (the kernel's
-engine), measured in the same run, interleaved over rounds so machine noise hits all alike.
+Exports the model as the bundle does (hms_offline.export.write_exports), then runs the same
+images through each engine of hms_offline.engines (keras, saved_model, tflite), interleaved
+over rounds so machine noise hits all alike, and prints images/s and the ratio to keras.
 """
 
 import argparse
 import os
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
 
-from hms_offline.constants import IMAGE_SHAPE
+from hms_offline.engines import SavedModelEngine, TFLiteEngine
+from hms_offline.export import probe_batch, write_exports
 from hms_offline.model import build_model
 
 
-def keras_predict_on_batch(model, batch_size):
-    def run(images):
-        for start in range(0, len(images), batch_size):
-            model.predict_on_batch(images[start : start + batch_size])
-    return run
+class KerasModel:
+    """The keras engine's call on an already-built model (KerasEngine loads from a manifest)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def predict_on_batch(self, images):
+        return np.asarray(self.model.predict_on_batch(images))
 
 
-def keras_predict(model, batch_size):
-    return lambda images: model.predict(images, batch_size=batch_size, verbose=0)
-
-
-def tflite(model, threads):
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    with tempfile.TemporaryDirectory():
-        flat = converter.convert()
-    interpreter = tf.lite.Interpreter(model_content=flat, num_threads=threads)
-    interpreter.allocate_tensors()
-    inp = interpreter.get_input_details()[0]["index"]
-    out = interpreter.get_output_details()[0]["index"]
-
-    def run(images):
-        for image in images:
-            interpreter.set_tensor(inp, image[None])
-            interpreter.invoke()
-            interpreter.get_tensor(out)
-    return run
+def run_batches(engine, images, batch_size):
+    for start in range(0, len(images), batch_size):
+        engine.predict_on_batch(images[start : start + batch_size])
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="mobilenetv3_large")
-    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--no-tflite", dest="tflite", action="store_false", help="skip the TFLite conversion")
     args = parser.parse_args()
     model = build_model(args.arch)
-    images = np.random.default_rng(0).normal(size=(args.images, *IMAGE_SHAPE)).astype("float32")
-    started = time.perf_counter()
-    engines = {f"keras predict_on_batch (bs {bs})": keras_predict_on_batch(model, bs) for bs in (16, 8, 4, 2)}
-    engines["keras model.predict (bs 16)"] = keras_predict(model, 16)
-    if args.tflite:
-        engines["tflite interpreter (2 threads)"] = tflite(model, 2)
-        print(f"tflite conversion: {time.perf_counter() - started:.1f} s")
-    for run in engines.values():
-        run(images[:4])  # warm-up: tracing, allocation
-    seconds = {name: [] for name in engines}
-    for _ in range(args.rounds):
-        for name, run in engines.items():
-            start = time.perf_counter()
-            run(images)
-            seconds[name].append(time.perf_counter() - start)
-    base = min(seconds["keras predict_on_batch (bs 16)"])
-    print(f"{args.arch}, {args.images} images at {IMAGE_SHAPE}, best of {args.rounds} rounds")
-    for name, times in seconds.items():
-        best = min(times)
-        print(f"  {name:34s} {args.images / best:7.1f} images/s   x{base / best:5.2f} vs predict_on_batch bs 16")
+    images = probe_batch(args.images, seed=1)
+    with tempfile.TemporaryDirectory() as folder:
+        seconds = {}
+        saved_model, tflite = write_exports(model, Path(folder), seconds)
+        print(f"export: SavedModel {seconds['saved_model']:.1f} s, TFLite conversion {seconds['tflite']:.1f} s")
+        engines = {"keras": KerasModel(model), "saved_model": SavedModelEngine.from_path(saved_model),
+                   "tflite": TFLiteEngine.from_path(tflite)}
+        for engine in engines.values():
+            run_batches(engine, images[: args.batch_size], args.batch_size)  # warm-up: tracing, allocation
+        times = {name: [] for name in engines}
+        for _ in range(args.rounds):
+            for name, engine in engines.items():
+                start = time.perf_counter()
+                run_batches(engine, images, args.batch_size)
+                times[name].append(time.perf_counter() - start)
+    base = min(times["keras"])
+    print(f"{args.arch}, {args.images} images of {images.shape[1:]}, batch {args.batch_size}, "
+          f"best of {args.rounds} interleaved rounds, {os.cpu_count()} cores")
+    for name, measured in times.items():
+        best = min(measured)
+        print(f"  {name:12s} {args.images / best:7.1f} images/s   x{base / best:5.2f} vs keras")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ def _predict(args: argparse.Namespace) -> int:
         work_dir=args.work_dir,
         batch_size=args.batch_size,
         strict=args.strict,
+        engine=args.engine,
     )
     return 0
 
@@ -48,10 +49,22 @@ def _predict(args: argparse.Namespace) -> int:
 def _check_manifest(args: argparse.Namespace) -> int:
     from hms_offline.manifest import manifest_problems
 
-    problems = [problem for path in args.paths for problem in manifest_problems(path)]
+    problems = [problem for path in args.paths
+                for problem in manifest_problems(path, require_exports=args.require_exports)]
     for problem in problems:
         print(problem)
     return 1 if problems else 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from hms_offline.export import export_manifests, write_report
+
+    report = export_manifests(args.paths, cache=args.cache)
+    write_report(report, args.out)
+    for name, reason in report["failed"].items():
+        print(f"export failed: {reason}" if name in reason else f"export failed: model {name!r}: {reason}",
+              file=sys.stderr)
+    return 1 if report["failed"] else 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -114,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--work-dir", type=Path, default=None,
                          help="scratch folder for converted spectrograms (default: a temp dir)")
     predict.add_argument("--batch-size", type=positive_int, default=16)
+    from hms_offline.engines import AUTO, ENGINE_NAMES
+
+    predict.add_argument("--engine", choices=(AUTO, *ENGINE_NAMES), default=AUTO,
+                         help="what runs the models (default auto: per model tflite, then saved_model, then "
+                              "keras; saved_model first where a GPU is visible)")
     predict.add_argument("--strict", action="store_true",
                          help="any fallback row, dropped model or set-aside test row is an error "
                               "(for dry runs and CI; on Kaggle the default writes the submission regardless)")
@@ -123,7 +141,21 @@ def build_parser() -> argparse.ArgumentParser:
         "check-manifest", help="what the kernel would refuse in a weights manifest (exit 1 if anything)")
     check_manifest.add_argument("paths", type=Path, nargs="+", metavar="PATH",
                                 help="weights_manifest.json, or a folder holding one")
+    check_manifest.add_argument("--require-exports", action="store_true",
+                                help="also every model's SavedModel and TFLite export: listed, present, digest "
+                                     "as listed (what build_bundle.py checks of the manifest it bundles)")
     check_manifest.set_defaults(handler=_check_manifest)
+
+    export = commands.add_parser(
+        "export", help="each model of a manifest as a TF SavedModel and a TFLite file, proven equal to Keras "
+                       "on a probe batch, cached by the weights' sha256 (exit 1 if any model fails)")
+    export.add_argument("paths", type=Path, nargs="+", metavar="PATH",
+                        help="weights_manifest.json, or a folder holding one")
+    export.add_argument("--out", type=Path, required=True,
+                        help="the JSON report: per model its exports, their digests, differences, seconds")
+    export.add_argument("--cache", type=Path, default=None,
+                        help="export cache folder (default: $HMS_EXPORT_CACHE, else .cache/exports/ of this checkout)")
+    export.set_defaults(handler=_export)
 
     from hms_offline.config import add_arguments
 

@@ -27,6 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from hms_offline.constants import CLASSES, ID_COLUMN
+from hms_offline.engines import AUTO, EngineLoader, engine_order
 from hms_offline.inference_report import REPORT_NAME, DroppedModel, FallbackRow, InferenceReport, runtime_versions
 from hms_offline.manifest import ManifestError, ModelEntry, load_manifest, weights_path
 from hms_offline.preprocess import model_input, signal_fraction
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 # signal: its standardised image is (nearly) constant and a model's answer to it means
 # nothing, so its row gets the fallback. Real test spectrograms hold power in ~100%.
 MIN_SIGNAL_FRACTION = 0.1
-ENGINE = "keras"
 
 
 class NoModelError(ManifestError):
@@ -68,38 +68,31 @@ def timed(into: dict[str, float], name: str):
 
 @dataclass
 class Member:
-    """One model of the ensemble: its manifest entry and the loaded model."""
+    """One model of the ensemble: its manifest entry, the engine running it, its file."""
 
     entry: ModelEntry
-    model: object
+    model: object  # predict_on_batch(images) -> probabilities
     file: str
 
-
-def load_model(entry: ModelEntry, root: Path):
-    """Build the model from its recorded arch and load its weights."""
-    from hms_offline.model import build_model
-
-    model = build_model(
-        entry.arch, num_classes=len(CLASSES), input_shape=tuple(entry.input_shape),
-        include_rescaling=entry.include_rescaling,
-    )
-    model.load_weights(str(weights_path(entry, root)))
-    return model
+    @property
+    def engine(self) -> str:
+        return getattr(self.model, "name", type(self.model).__name__)
 
 
-def load_members(entries: list[ModelEntry], root: Path, load=load_model) -> tuple[list[Member], list[DroppedModel]]:
-    """Load every entry; one that fails is dropped with the reason, naming its file."""
+def load_members(entries: list[ModelEntry], root: Path, load) -> tuple[list[Member], list[DroppedModel]]:
+    """Open every entry with `load(entry, root)`; one that fails is dropped with the reason."""
     members, dropped = [], []
     for entry in entries:
         file = str(weights_path(entry, root))
         try:
             members.append(Member(entry, load(entry, root), file))
-        except Exception as error:  # any failure of one model's file costs only that model
+        except Exception as error:  # any failure of one model's files costs only that model
             reason = f"cannot be loaded from {file}: {type(error).__name__}: {error}"
             log.error("MODEL DROPPED: %s %s", entry.name, reason)
             dropped.append(DroppedModel(entry.name, file, reason))
             continue
-        log.info("loaded %s (%s, fold %s, weight %.3g)", entry.name, entry.arch, entry.fold, entry.ensemble_weight)
+        log.info("loaded %s (%s, fold %s, weight %.3g) with engine %s", entry.name, entry.arch, entry.fold,
+                 entry.ensemble_weight, members[-1].engine)
     return members, dropped
 
 
@@ -274,15 +267,22 @@ def predict_competition(
     batch_size: int = 16,
     workers: int | None = None,
     strict: bool = False,
-    load=load_model,
+    engine: str = AUTO,
+    prepare_keras=None,
+    load=None,
 ) -> InferenceReport:
     """test.csv + test_spectrograms/ + sample_submission.csv -> `output` (submission.csv)
-    and inference_report.json beside it. `load` builds one model from its manifest entry."""
+    and inference_report.json beside it.
+
+    `engine` runs every model (`auto`: the fastest that opens each; see hms_offline.engines);
+    `prepare_keras` is called once before the first keras engine (the kernel installs
+    keras-cv there); `load(entry, root)`, when given, opens a model instead (tests)."""
+    engine_order(engine, gpu=False)  # an unknown engine name fails now, not after the work
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     data_dir, bundle_dir = Path(data_dir), Path(bundle_dir)
     output = resolve_output(output)
-    report = InferenceReport(submission=str(output), engine=ENGINE, versions=runtime_versions())
+    report = InferenceReport(submission=str(output), engine=engine, versions=runtime_versions())
     stages = report.stage_seconds
     with tempfile.TemporaryDirectory(prefix="hms_work_") as scratch:
         work_dir = Path(work_dir) if work_dir else Path(scratch)
@@ -298,7 +298,7 @@ def predict_competition(
             rejected = [DroppedModel(name, str(root), reason) for name, reason in manifest.rejected]
             for model in rejected:
                 log.error("MODEL DROPPED: %s: %s", model.name, model.reason)
-            members, dropped = load_members(manifest.models, root, load)
+            members, dropped = load_members(manifest.models, root, load or EngineLoader(engine, prepare_keras))
             ensemble = Ensemble(members, rejected + dropped)
         with timed(stages, "convert"):
             converted = work_dir / "test_spectrograms"
@@ -318,7 +318,7 @@ def predict_competition(
             report.fallback_rows = fallback_rows_of_submission(sample, test.rows, per_row, failed,
                                                              report.set_aside_test_rows)
             report.rows, report.spectrograms = len(submission), len(unique_ids)
-            report.models = [{"name": name, "file": member.file, "weight": float(weight)}
+            report.models = [{"name": name, "engine": member.engine, "file": member.file, "weight": float(weight)}
                              for name, weight, member in zip(ensemble.names, ensemble.weights, ensemble.members)]
             report.models_dropped = ensemble.dropped
             report.model_seconds = dict(ensemble.seconds)

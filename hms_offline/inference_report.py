@@ -7,6 +7,7 @@ why, the models used and dropped, engine, versions and timings.
 
 import dataclasses
 import json
+from collections import Counter
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,12 +40,12 @@ class InferenceReport:
     submission: str = ""  # the path written (or, under --strict, not written)
     rows: int = 0
     spectrograms: int = 0
-    engine: str = "keras"
+    engine: str = "auto"  # the one asked for; each model's own is in `models`
     fallback: list[float] = field(default_factory=list)
     fallback_source: str = ""
     fallback_rows: list[FallbackRow] = field(default_factory=list)  # rows of submission.csv
     set_aside_test_rows: list[FallbackRow] = field(default_factory=list)  # rows of test.csv not used
-    models: list[dict] = field(default_factory=list)  # name, file, weight (renormalised)
+    models: list[dict] = field(default_factory=list)  # name, engine, file, weight (renormalised)
     models_dropped: list[DroppedModel] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # choices a reader should know of
     versions: dict[str, str | None] = field(default_factory=dict)
@@ -55,6 +56,11 @@ class InferenceReport:
     def fallbacks(self) -> list:
         """The eeg_ids of submission rows predicted by the fallback."""
         return [row.eeg_id for row in self.fallback_rows]
+
+    def engines_used(self) -> str:
+        """e.g. 'tflite: 9, keras: 1'."""
+        counts = Counter(model.get("engine", "?") for model in self.models)
+        return ", ".join(f"{engine}: {count}" for engine, count in counts.most_common()) or "no model"
 
     def problems(self) -> list[str]:
         """Every departure from a clean run, one line each."""
@@ -70,7 +76,7 @@ class InferenceReport:
         out = [
             f"submission rows: {self.rows}",
             f"test spectrograms: {self.spectrograms}",
-            f"engine: {self.engine}",
+            f"engine: {self.engine} ({self.engines_used()})",
             f"models: {len(self.models)} ({', '.join(model['name'] for model in self.models)})",
             f"models dropped: {len(self.models_dropped)}"
             + "".join(f"\n  {model.name}: {model.reason}" for model in self.models_dropped),

@@ -8,10 +8,13 @@ by content, and writes /kaggle/working/submission.csv. Elsewhere it is a local d
 
     python kernel/inference.py --data-dir DIR --bundle-dir DIR --output submission.csv [--strict]
 
-It first installs, from the bundle's wheels/ and with `pip --no-index`, the packages of
-wheels/lock.json that are missing or at another version (hms_offline among them), then
-runs the fold ensemble. It never reaches for the network. This file is self-contained:
-Kaggle runs it as a single script.
+It imports hms_offline from the bundle's own pure-Python wheel (on sys.path: nothing is
+installed) and runs the fold ensemble with the exported models (TFLite, else the TF
+SavedModel), which need only the image's TensorFlow: by default the image is left as it
+is. Only a model that must fall back to the keras engine makes it install, from the
+bundle's wheels/ for this Python (`lock-cp3XY.json`, `pip --no-index`), what the image
+lacks, and it says what, if anything, it replaced and why. It never reaches for the
+network. This file is self-contained: Kaggle runs it as a single script.
 """
 
 import argparse
@@ -28,7 +31,9 @@ from pathlib import Path
 KAGGLE_INPUT = Path("/kaggle/input")
 KAGGLE_WORKING = Path("/kaggle/working")
 MANIFEST_NAME = "weights_manifest.json"
-LOCK_FILE = Path("wheels") / "lock.json"
+WHEELS_DIR = Path("wheels")  # its lock-cp3XY.json per Python, and hms_offline's own wheel
+PACKAGE_WHEEL_GLOB = "hms_offline-*.whl"
+ENGINES = ("auto", "tflite", "saved_model", "keras")  # hms_offline.engines; a test ties the two
 LOCK_FIELDS = ("name", "version", "file")
 DEFAULT_INSTALL_RULE = "missing_or_different"  # a lock entry's `install_if`, when it has none
 INSTALL_RULES = ("missing", DEFAULT_INSTALL_RULE)
@@ -126,6 +131,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="scratch folder for converted test spectrograms (default: a temp dir, removed at the "
                              "end, so on Kaggle they do not land among the notebook's outputs in /kaggle/working)")
     parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--engine", choices=ENGINES, default="auto",
+                        help="what runs the models (default auto: per model tflite, then saved_model, then keras; "
+                             "saved_model first where a GPU is visible). Only keras installs anything")
     parser.add_argument("--strict", action="store_true",
                         help="refuse rather than choose among several candidate folders or fall back on a bad input "
                              "(for local dry runs and CI; off on Kaggle, where a refusal costs the submission)")
@@ -176,18 +184,22 @@ def pip_install(wheel_dir: Path, files: list[str]) -> subprocess.CompletedProces
     return subprocess.run(command + [str(wheel_dir / f) for f in files], capture_output=True, text=True)
 
 
+class BundleSetupError(RuntimeError):
+    """The keras engine's offline install cannot be done; the exported engines still run."""
+
+
 def read_lock(path: Path) -> dict:
-    """lock.json, checked: a damaged one stops the kernel naming the file and the field."""
+    """A lock file, checked: a damaged one is an error naming the file and the field."""
     try:
         lock = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SystemExit(f"error: {path}: not a readable JSON file ({error})") from None
+        raise BundleSetupError(f"{path}: not a readable JSON file ({error})") from None
     if not isinstance(lock, dict) or not isinstance(lock.get("packages"), list):
-        raise SystemExit(f"error: {path}: lacks a 'packages' list")
+        raise BundleSetupError(f"{path}: lacks a 'packages' list")
     for index, package in enumerate(lock["packages"]):
         problem = lock_entry_problem(package)
         if problem:
-            raise SystemExit(f"error: {path}: packages[{index}] {problem}")
+            raise BundleSetupError(f"{path}: packages[{index}] {problem}")
     return lock
 
 
@@ -204,25 +216,50 @@ def lock_entry_problem(package) -> str | None:
     return None
 
 
-def install_bundle_wheels(bundle_dir: Path) -> list[str]:
-    """Install what the lock file pins and this environment lacks; returns what was installed."""
-    lock_path = bundle_dir / LOCK_FILE
-    if not lock_path.is_file():
-        log.info("no %s in the bundle: using the installed packages", LOCK_FILE)
+def python_tag() -> str:
+    return f"cp{sys.version_info.major}{sys.version_info.minor}"
+
+
+def lock_for_this_python(bundle_dir: Path) -> Path | None:
+    """wheels/lock-cp3XY.json for this interpreter; None (said plainly) when the bundle has none."""
+    lock_path = bundle_dir / WHEELS_DIR / f"lock-{python_tag()}.json"
+    if lock_path.is_file():
+        return lock_path
+    shipped = sorted(path.stem.removeprefix("lock-") for path in (bundle_dir / WHEELS_DIR).glob("lock-cp*.json"))
+    log.warning("keras engine: this kernel runs CPython %d.%d, and %s: it can only use the packages already "
+                "installed (the exported engines, tflite and saved_model, need no install)",
+                sys.version_info.major, sys.version_info.minor,
+                f"the bundle ships its wheels for {', '.join(shipped)} only" if shipped
+                else f"{bundle_dir} ships no wheels for it")
+    return None
+
+
+def install_keras_stack(bundle_dir: Path) -> list[str]:
+    """For the keras engine only: install, offline, what this Python's lock pins and the
+    image lacks (or, where the lock says so and why, holds at a version the bundle cannot
+    use). Returns what was installed; says what it replaced."""
+    lock_path = lock_for_this_python(bundle_dir)
+    if lock_path is None:
         return []
     lock = read_lock(lock_path)
     pending = wheels_to_install(lock)
     if not pending:
-        log.info("all %d pinned packages already installed", len(lock["packages"]))
+        log.info("keras engine: all %d packages of %s already installed", len(lock["packages"]), lock_path.name)
         return []
-    log.info("installing %d wheel(s) offline: %s", len(pending), ", ".join(f"{p['name']}=={p['version']}" for p in pending))
+    for package in pending:
+        present = installed_version(package["name"])
+        if present is not None:
+            log.warning("keras engine: REPLACING the image's %s %s with %s (%s)", package["name"], present,
+                        package["version"], package.get("why", "the lock says so"))
+    log.info("keras engine: installing %d wheel(s) offline from %s: %s", len(pending), lock_path.name,
+             ", ".join(f"{p['name']}=={p['version']}" for p in pending))
     wheel_dir = lock_path.parent
     if pip_install(wheel_dir, [p["file"] for p in pending]).returncode != 0:
         for pkg in pending:
             result = pip_install(wheel_dir, [pkg["file"]])
             if result.returncode != 0:
-                raise SystemExit(
-                    f"error: installing {pkg['name']}=={pkg['version']} from {wheel_dir / pkg['file']} failed:\n"
+                raise BundleSetupError(
+                    f"installing {pkg['name']}=={pkg['version']} from {wheel_dir / pkg['file']} failed:\n"
                     f"{result.stdout[-2000:]}{result.stderr[-2000:]}"
                 )
     importlib.invalidate_caches()
@@ -230,18 +267,23 @@ def install_bundle_wheels(bundle_dir: Path) -> list[str]:
 
 
 def import_hms_offline(bundle_dir: Path):
-    """The installed hms_offline, else the one in the bundle or beside this script."""
+    """hms_offline from the bundle's own pure-Python wheel (put on sys.path: nothing is
+    installed), else an installed one, else a source tree in the bundle or beside this script."""
+    wheels = sorted((bundle_dir / WHEELS_DIR).glob(PACKAGE_WHEEL_GLOB))
     beside_script = [Path(globals()["__file__"]).resolve().parents[1]] if "__file__" in globals() else []
-    for candidate in (None, bundle_dir, *beside_script):
+    trees = [folder for folder in (bundle_dir, *beside_script) if (folder / "hms_offline" / "__init__.py").is_file()]
+    for candidate in (*wheels[-1:], None, *trees):
         if candidate is not None:
-            if not (candidate / "hms_offline" / "__init__.py").is_file():
-                continue
             sys.path.insert(0, str(candidate))
         try:
-            return importlib.import_module("hms_offline")
+            module = importlib.import_module("hms_offline")
         except ImportError:
+            if candidate is not None:
+                sys.path.remove(str(candidate))
             continue
-    raise SystemExit(f"error: hms_offline is neither installed nor in {bundle_dir}")
+        log.info("hms_offline %s from %s", module.__version__, candidate or Path(module.__file__).parent)
+        return module
+    raise SystemExit(f"error: hms_offline is neither in {bundle_dir / WHEELS_DIR} nor installed")
 
 
 def main(argv=None) -> int:
@@ -252,13 +294,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     log.info("competition folder: %s", args.data_dir)
     log.info("bundle folder: %s", args.bundle_dir)
-    install_start = time.perf_counter()
-    installed = install_bundle_wheels(args.bundle_dir)
-    install_seconds = time.perf_counter() - install_start
-    hms_offline = import_hms_offline(args.bundle_dir)
-    log.info("hms_offline %s from %s", hms_offline.__version__, Path(hms_offline.__file__).parent)
+    log.info("Python %s; engine %s", sys.version.split()[0], args.engine)
+    import_hms_offline(args.bundle_dir)
     from hms_offline.inference import predict_competition
 
+    installed = []
     try:
         report = predict_competition(
             data_dir=args.data_dir,
@@ -267,13 +307,16 @@ def main(argv=None) -> int:
             work_dir=args.work_dir,
             batch_size=args.batch_size,
             strict=args.strict,
+            engine=args.engine,
+            prepare_keras=lambda: installed.extend(install_keras_stack(args.bundle_dir)),
         )
     except (ValueError, FileNotFoundError) as error:  # no model can predict, no test row, --strict
         log.error("%s", error)
         return 1
     print("=" * 60)
     print(f"submission: {report.submission}")
-    print(f"installed offline: {len(installed)} package(s)  ({install_seconds:.1f} s)")
+    print(f"installed offline: {len(installed)} package(s)" + (f" ({', '.join(installed)})" if installed else
+                                                                  " (the image was left as it was)"))
     for line in report.lines():
         print(line)
     print(f"total: {time.perf_counter() - started:.1f} s")

@@ -27,9 +27,28 @@ def perturb_head(model, seed: int) -> None:
     head.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in head.get_weights()])
 
 
+def liven(model, seed: int) -> None:
+    """Make a freshly initialised model's outputs depend on its input. Its BatchNormalization
+    layers hold mean 0, variance 1, so at inference its features shrink to ~1e-13 and a
+    random head alone gives the same probabilities for every image: set their statistics from
+    one random batch (momentum 0 for one training-mode call), then randomise the head."""
+    import keras
+
+    from hms_offline.export import probe_batch
+
+    norms = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.momentum = 0.0
+    model(probe_batch(8, seed=1000 + seed), training=True)
+    for layer, momentum in zip(norms, momenta):
+        layer.momentum = momentum
+    perturb_head(model, seed)
+
+
 def save_freshly_initialised_fold_weights(folder: Path, plan: dict[str, list[int]], seed: int = 0) -> Path:
-    """TEST FIXTURE, not trained models: fold weights of freshly initialised models with a
-    random head, saved with `save_weights`, and the weights manifest that lists them."""
+    """TEST FIXTURE, not trained models: fold weights of freshly initialised models made
+    input-dependent by `liven`, saved with `save_weights`, and the weights manifest that lists them."""
     from hms_offline.manifest import Manifest, make_entry, write_manifest
     from hms_offline.model import build_model
 
@@ -38,7 +57,7 @@ def save_freshly_initialised_fold_weights(folder: Path, plan: dict[str, list[int
     for arch, folds in plan.items():
         model = build_model(arch)
         for fold in folds:
-            perturb_head(model, seed + fold)
+            liven(model, seed + fold)
             weights = folder / "weights" / f"{arch}_fold{fold}.weights.h5"
             weights.parent.mkdir(exist_ok=True)
             model.save_weights(str(weights))
@@ -55,6 +74,21 @@ def freshly_initialised_bundle(tmp_path_factory) -> Path:
         folder, {"mobilenetv3_large": [0, 1], "efficientnetv2_b2": [0]}
     )
     return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def export_cache(tmp_path_factory) -> Path:
+    """One cache of proven exports for the whole session ($HMS_EXPORT_CACHE, which `python -m
+    hms_offline export` and build_bundle.py read, subprocesses included): a model exported by
+    one test is a cache hit for the next, and the repo's .cache/exports/ is left alone."""
+    folder = tmp_path_factory.mktemp("export_cache")
+    previous = os.environ.get("HMS_EXPORT_CACHE")
+    os.environ["HMS_EXPORT_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("HMS_EXPORT_CACHE", None)
+    else:
+        os.environ["HMS_EXPORT_CACHE"] = previous
 
 
 OFFLINE_GUARD = Path(__file__).resolve().parent / "offline_guard"
@@ -87,3 +121,19 @@ def synthetic_competition(tmp_path_factory) -> Path:
     from hms_offline.synthetic import write_competition
 
     return write_competition(tmp_path_factory.mktemp("synthetic") / "competition", n_train=60, n_test=12, seed=7)
+
+
+@pytest.fixture(scope="session")
+def exported_bundle(tmp_path_factory, freshly_initialised_bundle, export_cache) -> Path:
+    """The fixture's models as build_bundle.py ships them: weights plus their proven exports
+    (SavedModel, TFLite) in a format-2 manifest, without the wheels."""
+    from hms_offline.bundle.common import write_json
+    from hms_offline.bundle.exports import export_models, with_exports
+    from hms_offline.bundle.weights import as_format_2, copy_weights, read_weights_manifest
+
+    manifest_path = freshly_initialised_bundle / "weights_manifest.json"
+    exported = export_models([manifest_path], REPO_ROOT, export_cache)
+    folder = tmp_path_factory.mktemp("exported_bundle")
+    manifest = with_exports(as_format_2(read_weights_manifest(manifest_path)), exported)
+    write_json(folder / "weights_manifest.json", copy_weights(manifest, freshly_initialised_bundle, folder))
+    return folder

@@ -16,10 +16,10 @@ from hms_offline.inference import (
     NoModelError,
     StrictModeError,
     load_members,
-    load_model,
     predict_competition,
     predict_spectrograms,
 )
+from hms_offline.engines import EngineLoader, KerasEngine
 from hms_offline.manifest import Manifest, ModelEntry, load_manifest, make_entry, write_manifest
 from hms_offline.metric import score_files
 from hms_offline.preprocess import model_input
@@ -114,7 +114,7 @@ def test_unreadable_and_signal_less_spectrograms_are_named_with_their_stage(tmp_
 def expected_submission(competition, bundle) -> np.ndarray:
     """The fold ensemble computed the long way: model by model, row by row."""
     manifest, root = load_manifest(bundle)
-    models = [load_model(entry, root) for entry in manifest.models]
+    models = [KerasEngine(entry, root) for entry in manifest.models]
     weights = np.array([m.ensemble_weight for m in manifest.models]) / sum(m.ensemble_weight for m in manifest.models)
     test = pd.read_csv(competition / "test.csv")
     rows = []
@@ -127,23 +127,45 @@ def expected_submission(competition, bundle) -> np.ndarray:
     return per_eeg.loc[sample[ID_COLUMN]].to_numpy()
 
 
-def test_predict_matches_the_ensemble_computed_by_hand(synthetic_competition, freshly_initialised_bundle, tmp_path):
+@pytest.fixture(scope="module")
+def exported_expected(synthetic_competition, exported_bundle) -> np.ndarray:
+    return expected_submission(synthetic_competition, exported_bundle)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine, ran, tolerance", [
+    ("keras", "keras", 1e-5), ("saved_model", "saved_model", 1e-5), ("tflite", "tflite", 1e-4), ("auto", "tflite", 1e-4),
+])
+def test_every_engine_predicts_the_ensemble_computed_by_hand(synthetic_competition, exported_bundle, tmp_path,
+                                                             exported_expected, engine, ran, tolerance):
+    """The bundle's exports (made under this TensorFlow) against the Keras models, by hand."""
     output = tmp_path / "submission.csv"
-    report = predict_competition(synthetic_competition, freshly_initialised_bundle, output, batch_size=5, strict=True)
+    report = predict_competition(synthetic_competition, exported_bundle, output, batch_size=5, strict=True,
+                                 engine=engine)
     submission = pd.read_csv(output)
     sample = pd.read_csv(synthetic_competition / "sample_submission.csv")
     assert list(submission.columns) == list(sample.columns)
     assert submission[ID_COLUMN].tolist() == sample[ID_COLUMN].tolist()
     values = submission[list(VOTE_COLUMNS)].to_numpy()
     np.testing.assert_allclose(values.sum(axis=1), 1.0, atol=1e-6)
-    np.testing.assert_allclose(values, expected_submission(synthetic_competition, freshly_initialised_bundle), atol=1e-5)
-    assert report.rows == len(sample) and len(report.models) == 3 and report.fallback_rows == []
+    expected = exported_expected
+    assert np.ptp(expected, axis=0).max() > 1e-2  # the fixture's models answer each image differently
+    np.testing.assert_allclose(values, expected, atol=tolerance)
+    assert report.rows == len(sample) and report.fallback_rows == []
+    assert [model["engine"] for model in report.models] == [ran] * 3
     assert set(report.stage_seconds) == {"read csv", "convert", "load models", "predict", "write"}
     written = json.loads((tmp_path / "inference_report.json").read_text())
-    assert written["rows"] == len(sample) and written["engine"] == "keras" and written["fallback_rows"] == []
+    assert written["rows"] == len(sample) and written["engine"] == engine and written["fallback_rows"] == []
     assert [m["name"] for m in written["models"]] == ["mobilenetv3_large_fold0", "mobilenetv3_large_fold1",
                                                       "efficientnetv2_b2_fold0"]
     assert written["versions"]["tensorflow"] and written["versions"]["python"]
+
+
+def test_without_exports_auto_falls_back_to_keras(synthetic_competition, freshly_initialised_bundle, tmp_path):
+    report = predict_competition(synthetic_competition, freshly_initialised_bundle, tmp_path / "s.csv", strict=True)
+    assert [model["engine"] for model in report.models] == ["keras"] * 3
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "s.csv")[list(VOTE_COLUMNS)].to_numpy(),
+                               expected_submission(synthetic_competition, freshly_initialised_bundle), atol=1e-5)
 
 
 def write_parquet(path, table: pa.Table):
@@ -280,7 +302,7 @@ def test_a_corrupt_weights_file_whose_sha256_matches_drops_only_that_model(fresh
     entries = [make_entry(root / e.file, root, arch=e.arch, fold=e.fold, name=e.name) for e in manifest.models]
     write_manifest(Manifest(models=entries), bundle / "weights_manifest.json")
     manifest, root = load_manifest(bundle)
-    members, dropped = load_members(manifest.models, root)
+    members, dropped = load_members(manifest.models, root, EngineLoader("keras"))
     assert [m.entry.name for m in members] == ["mobilenetv3_large_fold0", "efficientnetv2_b2_fold0"]
     ((name, file, reason),) = [(d.name, d.file, d.reason) for d in dropped]
     assert name == "mobilenetv3_large_fold1" and file == str(weights) and f"cannot be loaded from {weights}" in reason
@@ -295,22 +317,23 @@ def run_kernel(data_dir, bundle_dir, output, work_dir, *flags):
 
 
 @pytest.mark.slow
-def test_kernel_dry_run_offline_on_synthetic_data(synthetic_competition, freshly_initialised_bundle, tmp_path):
+def test_kernel_dry_run_offline_on_synthetic_data(synthetic_competition, exported_bundle, exported_expected, tmp_path):
     output = tmp_path / "submission.csv"
-    result = run_kernel(synthetic_competition, freshly_initialised_bundle, output, tmp_path / "work", "--strict")
+    result = run_kernel(synthetic_competition, exported_bundle, output, tmp_path / "work", "--strict")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "submission rows: 12" in result.stdout and "models: 3" in result.stdout
+    assert "engine: auto (tflite: 3)" in result.stdout and "(the image was left as it was)" in result.stdout
     assert "fallback rows: 0 of 12" in result.stdout
     assert json.loads((tmp_path / "inference_report.json").read_text())["fallback_rows"] == []
     np.testing.assert_allclose(pd.read_csv(output)[list(VOTE_COLUMNS)].to_numpy(),
-                               expected_submission(synthetic_competition, freshly_initialised_bundle), atol=1e-5)
+                               exported_expected, atol=1e-4)
     assert np.isfinite(score_files(synthetic_competition / "test_solution.csv", output))
 
 
 @pytest.mark.slow
-def test_kernel_dry_run_offline_on_the_real_sample(hms_sample, freshly_initialised_bundle, tmp_path):
+def test_kernel_dry_run_offline_on_the_real_sample(hms_sample, exported_bundle, tmp_path):
     output = tmp_path / "submission.csv"
-    result = run_kernel(hms_sample, freshly_initialised_bundle, output, tmp_path / "work", "--strict")
+    result = run_kernel(hms_sample, exported_bundle, output, tmp_path / "work", "--strict")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     submission = pd.read_csv(output)
     sample = pd.read_csv(hms_sample / "sample_submission.csv")

@@ -5,6 +5,7 @@ import json
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -143,24 +144,43 @@ def test_only_missing_or_other_version_wheels_are_installed(kernel):
     ]
 
 
-def test_without_a_lock_file_nothing_is_installed(kernel, tmp_path):
-    assert kernel.install_bundle_wheels(tmp_path) == []
+def this_python_lock(bundle) -> Path:
+    return bundle / "wheels" / f"lock-cp{sys.version_info.major}{sys.version_info.minor}.json"
+
+
+def test_a_python_the_bundle_does_not_cover_is_said_plainly(kernel, tmp_path, caplog):
+    (tmp_path / "wheels").mkdir()
+    (tmp_path / "wheels" / "lock-cp399.json").write_text('{"packages": []}')
+    assert kernel.install_keras_stack(tmp_path) == []  # the keras engine tries the installed packages
+    assert (f"this kernel runs CPython {sys.version_info.major}.{sys.version_info.minor}, and the bundle ships "
+            "its wheels for cp399 only") in caplog.text
+    assert kernel.install_keras_stack(tmp_path / "run_folder") == []
+    assert "ships no wheels for it" in caplog.text
 
 
 def test_a_failed_install_names_the_package(kernel, tmp_path):
-    wheels = tmp_path / "wheels"
-    wheels.mkdir()
-    (wheels / "lock.json").write_text(json.dumps({"packages": [
+    write_lock(tmp_path, json.dumps({"packages": [
         {"name": "surely-not-installed-pkg", "version": "1.0", "file": "surely_not_installed_pkg-1.0-py3-none-any.whl"}
     ]}))
-    with pytest.raises(SystemExit, match="installing surely-not-installed-pkg==1.0 .* failed"):
-        kernel.install_bundle_wheels(tmp_path)
+    with pytest.raises(kernel.BundleSetupError, match="installing surely-not-installed-pkg==1.0 .* failed"):
+        kernel.install_keras_stack(tmp_path)
+
+
+def test_nothing_is_installed_when_the_image_has_it_all(kernel, tmp_path, caplog):
+    import numpy
+
+    write_lock(tmp_path, json.dumps({"packages": [
+        {"name": "numpy", "version": "0.0.1", "file": "numpy-0.0.1.whl", "install_if": "missing"}]}))
+    with caplog.at_level(logging.INFO):
+        assert kernel.install_keras_stack(tmp_path) == []
+    assert "already installed" in caplog.text and numpy.__version__ != "0.0.1"
 
 
 def write_lock(bundle, text):
-    (bundle / "wheels").mkdir(exist_ok=True)
-    (bundle / "wheels" / "lock.json").write_text(text)
-    return bundle / "wheels" / "lock.json"
+    path = this_python_lock(bundle)
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    return path
 
 
 GOOD_ENTRY = {"name": "surely-not-installed-pkg", "version": "1.0", "file": "s-1.0-py3-none-any.whl"}
@@ -182,18 +202,35 @@ GOOD_ENTRY = {"name": "surely-not-installed-pkg", "version": "1.0", "file": "s-1
         "entry-lacks-name", "entry-lacks-version", "version-not-a-string", "entry-not-an-object", "unknown-install-rule"])
 def test_a_damaged_lock_file_is_a_clear_error_naming_file_and_field(kernel, tmp_path, lock, problem):
     path = write_lock(tmp_path, lock)
-    with pytest.raises(SystemExit) as refused:
-        kernel.install_bundle_wheels(tmp_path)
-    assert str(refused.value).startswith(f"error: {path}: {problem}")
+    with pytest.raises(kernel.BundleSetupError) as refused:
+        kernel.install_keras_stack(tmp_path)
+    assert str(refused.value).startswith(f"{path}: {problem}")
 
 
-def test_the_kernel_stops_on_a_damaged_lock_with_a_message_not_a_traceback(tmp_path):
-    path = write_lock(tmp_path, json.dumps({"packages": [GOOD_ENTRY] * 3 + [{"name": "b", "version": "1.0"}]}))
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "kernel" / "inference.py"), *local_args(tmp_path)],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0
-    assert f"error: {path}: packages[3] lacks 'file'" in result.stderr
+def test_a_damaged_lock_costs_only_the_keras_engine_and_is_named_not_a_traceback(synthetic_competition, tmp_path):
+    """A model with no exports needs the keras engine; its lock is damaged: the model is
+    dropped naming the lock file and field, and with no model left the kernel exits 1, cleanly."""
+    from hms_offline.manifest import Manifest, make_entry, write_manifest
+
+    bundle = tmp_path / "bundle"
+    (bundle / "weights").mkdir(parents=True)
+    (bundle / "weights" / "m.weights.h5").write_bytes(b"weights")
+    entry = make_entry(bundle / "weights" / "m.weights.h5", bundle, arch="mobilenetv3_large", fold=0)
+    write_manifest(Manifest(models=[entry]), bundle / "weights_manifest.json")
+    path = write_lock(bundle, json.dumps({"packages": [GOOD_ENTRY] * 3 + [{"name": "b", "version": "1.0"}]}))
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "kernel" / "inference.py"), "--data-dir",
+                             str(synthetic_competition), "--bundle-dir", str(bundle), "--output",
+                             str(tmp_path / "s.csv")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert f"{path}: packages[3] lacks 'file'" in result.stdout
+    assert "no model of the ensemble could be loaded" in result.stdout
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_the_kernels_engine_names_are_the_packages(kernel):
+    from hms_offline.engines import AUTO, ENGINE_NAMES
+
+    assert kernel.ENGINES == (AUTO, *ENGINE_NAMES)
 
 
 def test_runs_from_a_notebook_cell_without_file_and_with_ipykernel_arguments(tmp_path, monkeypatch):
@@ -205,3 +242,22 @@ def test_runs_from_a_notebook_cell_without_file_and_with_ipykernel_arguments(tmp
                                      "--bundle-dir", str(tmp_path), "--output", str(tmp_path / "s.csv")])
     assert (args.data_dir, args.output) == (tmp_path, tmp_path / "s.csv")
     assert namespace["import_hms_offline"](tmp_path).__name__ == "hms_offline"
+
+
+def test_hms_offline_is_imported_from_the_bundles_wheel_without_installing_it(tmp_path):
+    """The kernel puts the bundle's pure-Python hms_offline wheel on sys.path (zipimport):
+    it is preferred over an installed copy, and nothing is installed."""
+    from hms_offline.bundle.package import build_package_wheel, read_source_state
+
+    (tmp_path / "wheels").mkdir()
+    wheel = build_package_wheel(REPO_ROOT, read_source_state(REPO_ROOT), tmp_path / "wheels")
+    probe = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('k', sys.argv[1]); "
+             "k = importlib.util.module_from_spec(spec); spec.loader.exec_module(k); "
+             "m = k.import_hms_offline(__import__('pathlib').Path(sys.argv[2])); "
+             "import hms_offline.submission as s; print(m.__version__, m.__file__, s.__file__)")
+    result = subprocess.run([sys.executable, "-c", probe, str(REPO_ROOT / "kernel" / "inference.py"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    version, package_file, submodule_file = result.stdout.split()
+    assert wheel.name.startswith(f"hms_offline-{version}-") and wheel.name.endswith("-py3-none-any.whl")
+    assert package_file.startswith(str(wheel)) and submodule_file.startswith(str(wheel))

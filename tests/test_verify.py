@@ -1,12 +1,14 @@
 """build_bundle.py --verify and --demo: the offline verification of a built bundle, the
-fresh environment it runs in, the submission checks, the demo's manifest merge and baseline.
+Kaggle-shaped base and the fresh environment it runs in, the submission checks, the demo's
+manifest merge and baseline.
 
-The fresh environments sit on the Kaggle-base venv that the set-up step makes once, with
-PyPI reachable (`make kaggle-base`: only tensorflow-cpu, numpy, pandas, pyarrow,
-scikit-learn); the wheels come from the cache `make wheels` fills, for CPython 3.12 (what
-the bundle ships) and for the local Python (what the verification installs). HMS_KAGGLE_BASE
-and HMS_WHEEL_CACHE name other folders. A missing one fails the tests with the command to
-run, rather than skipping them.
+The fresh environments sit on the Kaggle-shaped base that the set-up step makes once, with
+PyPI reachable (`make kaggle-base`: the image's Python 3.12 with the pins of
+hms_offline/bundle/kaggle_image.txt: tensorflow 2.20.0, keras 3.13.2, keras-cv 0.9.0, ...);
+the bundle's wheels come from the cache `make wheels` fills, for CPython 3.11, 3.12 and 3.13.
+--verify runs the dataset exactly as built: the base is the image's Python, the bundle has its
+lock. HMS_KAGGLE_BASE and HMS_WHEEL_CACHE name other folders. A missing one fails the tests
+with the command to run, rather than skipping them.
 """
 
 import base64
@@ -25,13 +27,14 @@ import pytest
 
 from hms_offline.bundle.common import BundleError, sha256_of
 from hms_offline.bundle.demo import class_prior_submission
-from hms_offline.bundle.environment import (DEFAULT_KAGGLE_BASE, NetworkBlock, ask_python, local_target,
-                                            make_fresh_env, module_origins, offline_environment, python_version_of,
-                                            site_packages_of)
+from hms_offline.bundle.environment import (DEFAULT_KAGGLE_BASE, NetworkBlock, ask_python, make_fresh_env,
+                                            module_origins, offline_environment, pip_list, pip_list_changes,
+                                            python_version_of, site_packages_of)
+from hms_offline.bundle.kaggle_image import read_image_pins
 from hms_offline.bundle.submission_check import check_submission, read_csv_rows
+from hms_offline.bundle.verify import PREDICTION_TOLERANCE, max_difference
 from hms_offline.bundle.weights import check_weight_files, merge_manifests, read_weights_manifest
-from hms_offline.bundle.wheels import (DEFAULT_PLATFORM, DEFAULT_PYTHON_VERSION, DEFAULT_WHEEL_CACHE,
-                                       KERNEL_WHEEL_PINS, Target, find_cached_wheel)
+from hms_offline.bundle.wheels import DEFAULT_PLATFORM, DEFAULT_PYTHON_VERSIONS, DEFAULT_WHEEL_CACHE, KERNEL_WHEEL_PINS, Target, find_cached_wheel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # build_bundle.py, the command line
@@ -39,6 +42,7 @@ import build_bundle  # noqa: E402
 
 SLUG = "hms-verify-bundle"
 HEADER = ["eeg_id", "seizure_vote", "lpd_vote", "gpd_vote", "lrda_vote", "grda_vote", "other_vote"]
+TARGETS = tuple(Target(version, DEFAULT_PLATFORM) for version in DEFAULT_PYTHON_VERSIONS)
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -47,7 +51,8 @@ HEADER = ["eeg_id", "seizure_vote", "lpd_vote", "gpd_vote", "lrda_vote", "grda_v
 def kaggle_base() -> Path:
     base = Path(os.environ.get("HMS_KAGGLE_BASE", DEFAULT_KAGGLE_BASE))
     if not (base / "bin" / "python").is_file():
-        pytest.fail(f"no Kaggle-base venv at {base}: create it once (needs PyPI) with `make kaggle-base`")
+        pytest.fail(f"no Kaggle-shaped base venv at {base}: create it once (needs PyPI and a CPython 3.12) with "
+                    f"`make kaggle-base`")
     return base
 
 
@@ -57,14 +62,13 @@ def base_python(kaggle_base) -> Path:
 
 
 @pytest.fixture(scope="session")
-def wheel_cache(base_python) -> Path:
-    """The cache holding the pinned wheels for Kaggle's CPython 3.12 and for the local Python."""
+def wheel_cache() -> Path:
+    """The cache holding the keras engine's pinned wheels for every Python a bundle ships."""
     cache = Path(os.environ.get("HMS_WHEEL_CACHE", DEFAULT_WHEEL_CACHE))
-    for target in (Target(DEFAULT_PYTHON_VERSION, DEFAULT_PLATFORM), local_target(python_version_of(base_python))):
-        missing = [pin for pin in KERNEL_WHEEL_PINS if find_cached_wheel(cache / target.cache_name, pin, target) is None]
-        if missing:
-            pytest.fail(f"the wheel cache {cache / target.cache_name} lacks {', '.join(missing)}: fill it once (needs "
-                        f"PyPI) with `make wheels`")
+    missing = [f"{target.cache_name}: {pin}" for target in TARGETS for pin in KERNEL_WHEEL_PINS
+               if find_cached_wheel(cache / target.cache_name, pin, target) is None]
+    if missing:
+        pytest.fail(f"the wheel cache {cache} lacks {', '.join(missing)}: fill it once (needs PyPI) with `make wheels`")
     return cache
 
 
@@ -78,17 +82,27 @@ def base_site_packages(base_python: Path) -> Path:
     return Path(site_packages_of(base_python)[0])
 
 
-# ----------------------------------------------------------------------------- fresh environment
+# ----------------------------------------------------------------------------- the Kaggle-shaped base
 
-def test_a_fresh_env_lacks_keras_cv_and_hms_offline_until_the_kernel_installs_them(base_python, tmp_path):
+def test_the_kaggle_shaped_base_is_the_pins_file_on_the_images_python(base_python):
+    """Exactly the packages and versions of kaggle_image.txt (and pip), on its Python."""
+    image = read_image_pins()
+    assert python_version_of(base_python) == image.python_version == "3.12"
+    installed = {package["name"].lower().replace("_", "-"): package["version"] for package in pip_list(base_python)}
+    assert installed.pop("pip")
+    assert installed == {pin.name: pin.version for pin in image.pins}
+
+
+def test_a_fresh_env_sees_the_base_and_lacks_hms_offline_until_the_kernel_imports_it(base_python, tmp_path):
     python = make_fresh_env(base_python, tmp_path / "env")
-    for module in ("keras_cv", "hms_offline"):
-        attempt = subprocess.run([str(python), "-c", f"import {module}"], cwd=tmp_path, capture_output=True, text=True)
-        assert attempt.returncode != 0 and f"No module named '{module}'" in attempt.stderr, module
-    assert module_origins(python) == {"keras_cv": None, "hms_offline": None}
+    attempt = subprocess.run([str(python), "-c", "import hms_offline"], cwd=tmp_path, capture_output=True, text=True)
+    assert attempt.returncode != 0 and "No module named 'hms_offline'" in attempt.stderr
+    assert module_origins(python) == {"hms_offline": None}
     seen = ask_python(python, "{m: bool(importlib.util.find_spec(m)) for m in "
-                                 "['tensorflow', 'keras', 'numpy', 'pandas', 'pyarrow', 'sklearn', 'pip']}")
-    assert all(seen.values()), seen  # the Kaggle base is there, through the .pth file
+                              "['tensorflow', 'keras', 'keras_cv', 'tensorflow_datasets', 'tree', 'numpy', 'pandas', "
+                              "'pyarrow', 'sklearn', 'pip']}")
+    assert all(seen.values()), seen  # the Kaggle-shaped base is there, through the .pth file
+    assert pip_list(python) == pip_list(base_python)
 
 
 def fake_wheel(folder: Path, name: str, version: str) -> Path:
@@ -109,11 +123,12 @@ def fake_wheel(folder: Path, name: str, version: str) -> Path:
     return wheel
 
 
-def test_a_wheel_of_another_version_shadows_the_base_package_and_leaves_the_base_untouched(base_python, tmp_path):
-    """As the kernel installs keras when the image holds another version: into the fresh env only."""
+def test_an_install_shadows_the_base_package_shows_in_pip_list_and_leaves_the_base_untouched(base_python, tmp_path):
+    """What --verify's `pip list` check catches: a kernel installing over the image's keras."""
     base = base_site_packages(base_python)
-    before = snapshot(base)
+    before, base_listed = snapshot(base), pip_list(base_python)
     python = make_fresh_env(base_python, tmp_path / "env")
+    listed = pip_list(python)
     wheel = fake_wheel(tmp_path, "keras", "0.0.1")
     installed = subprocess.run([str(python), "-m", "pip", "install", "--no-index", "--no-deps",
                                 "--disable-pip-version-check", str(wheel)],
@@ -122,8 +137,17 @@ def test_a_wheel_of_another_version_shadows_the_base_package_and_leaves_the_base
     assert "outside environment" in installed.stdout  # pip declines to uninstall the base's keras
     assert ask_python(python, "__import__('importlib.metadata').metadata.version('keras')") == "0.0.1"
     assert Path(module_origins(python, ("keras",))["keras"]).is_relative_to(tmp_path / "env")
-    assert ask_python(base_python, "__import__('importlib.metadata').metadata.version('keras')") != "0.0.1"
+    assert pip_list_changes(listed, pip_list(python)) == ["replaced keras 3.13.2 by 0.0.1"]
+    assert pip_list_changes(base_listed, pip_list(base_python)) == []
     assert snapshot(base) == before
+
+
+def test_pip_list_changes_name_every_install_removal_and_replacement():
+    before = [{"name": "keras", "version": "3.13.2"}, {"name": "tqdm", "version": "4.67.1"}]
+    after = [{"name": "Keras", "version": "3.15.1"}, {"name": "keras-cv", "version": "0.9.0"}]
+    assert pip_list_changes(before, after) == ["installed keras-cv 0.9.0", "removed tqdm 4.67.1",
+                                               "replaced keras 3.13.2 by 3.15.1"]
+    assert pip_list_changes(before, before) == []
 
 
 def test_the_network_block_refuses_connections(tmp_path):
@@ -134,6 +158,27 @@ def test_the_network_block_refuses_connections(tmp_path):
     if block.namespace:  # below the guard, the namespace has no interface to connect through
         unguarded = block.run([sys.executable, "-I", "-c", connect], cwd=tmp_path, timeout=60)
         assert unguarded.returncode != 0 and "unreachable" in unguarded.stdout.lower()
+
+
+def test_keras_cv_made_unimportable_in_a_run_and_its_subprocesses(base_python, tmp_path):
+    python = make_fresh_env(base_python, tmp_path / "env")
+    block = NetworkBlock.install(tmp_path / "guard", unimportable=("keras_cv",))
+    assert block.describe().endswith("; keras_cv unimportable")
+    probe = ("import importlib, subprocess, sys\n"
+             "for name in ('keras_cv', 'keras_cv.models'):\n"
+             "    try:\n"
+             "        importlib.import_module(name)\n"
+             "    except ImportError as error:\n"
+             "        print('refused', name, error)\n"
+             "import numpy, hms_offline.bundle.common\n"  # the rest imports as before
+             "subprocess.run([sys.executable, '-c', 'import keras_cv'], check=False)\n")
+    result = block.run([str(python), "-c", probe], cwd=REPO_ROOT, timeout=120)
+    assert "refused keras_cv No module named 'keras_cv' (made unimportable by build_bundle.py --verify)" in result.stdout
+    assert "refused keras_cv.models" in result.stdout
+    assert ("ModuleNotFoundError: No module named 'keras_cv' (made unimportable by build_bundle.py --verify)"
+            in result.stdout), result.stdout  # the child process too
+    plain = NetworkBlock.install(tmp_path / "plain")
+    assert plain.run([str(python), "-c", "import keras_cv"], cwd=tmp_path, timeout=300).returncode == 0
 
 
 # ----------------------------------------------------------------------------- submission checks
@@ -231,58 +276,95 @@ def test_class_prior_submission_predicts_the_mean_train_vote_fractions(sample, t
 
 # ----------------------------------------------------------------------------- errors
 
+def fake_dist(folder: Path, locks: tuple[str, ...] = ("lock-cp312.json",)) -> Path:
+    (folder / "kernel").mkdir(parents=True)
+    (folder / "kernel" / "inference.py").write_text("")
+    (folder / SLUG / "wheels").mkdir(parents=True)
+    for lock in locks:
+        (folder / SLUG / "wheels" / lock).write_text("{}")
+    return folder
+
+
 def test_verify_without_a_kaggle_base_says_how_to_make_it(tmp_path, caplog):
-    (tmp_path / "dist" / "kernel").mkdir(parents=True)
-    (tmp_path / "dist" / "kernel" / "inference.py").write_text("")
-    (tmp_path / "dist" / SLUG / "wheels").mkdir(parents=True)
-    (tmp_path / "dist" / SLUG / "wheels" / "lock.json").write_text("{}")
-    assert build_bundle.main(["--verify", str(tmp_path / "dist"), "--kaggle-base", str(tmp_path / "none"), "--offline"]) == 2
-    assert "make kaggle-base" in caplog.text
+    dist = fake_dist(tmp_path / "dist")
+    assert build_bundle.main(["--verify", str(dist), "--kaggle-base", str(tmp_path / "none")]) == 2
+    assert "make kaggle-base" in caplog.text and "CPython 3.12" in caplog.text
 
 
 def test_verify_of_a_folder_without_a_bundle_is_a_clear_error(tmp_path, caplog):
-    assert build_bundle.main(["--verify", str(tmp_path), "--offline"]) == 2
+    assert build_bundle.main(["--verify", str(tmp_path)]) == 2
     assert "holds no built bundle" in caplog.text
+
+
+def test_verify_of_a_bundle_without_a_lock_for_the_bases_python_says_so(tmp_path, kaggle_base, caplog):
+    dist = fake_dist(tmp_path / "dist", locks=("lock-cp311.json", "lock-cp313.json"))
+    assert build_bundle.main(["--verify", str(dist), "--kaggle-base", str(kaggle_base)]) == 2
+    assert "runs CPython 3.12" in caplog.text and "no lock-cp312.json (it ships lock-cp311.json, lock-cp313.json)" \
+        in caplog.text
+
+
+def test_max_difference_compares_two_submissions_row_by_row(tmp_path):
+    first = write_csv(tmp_path / "a.csv", HEADER, GOOD_ROWS)
+    second = write_csv(tmp_path / "b.csv", HEADER, [GOOD_ROWS[0], [22, 0.1, 0.2, 0.3, 0.1, 0.20005, 0.09995]])
+    assert max_difference(first, first) == 0.0
+    assert max_difference(first, second) == pytest.approx(5e-5)
+    with pytest.raises(BundleError, match="differ in their columns or ids"):
+        max_difference(first, write_csv(tmp_path / "c.csv", HEADER, GOOD_ROWS[::-1]))
 
 
 # ----------------------------------------------------------------------------- end to end
 
 @pytest.fixture(scope="module")
 def built_dist(tmp_path_factory, freshly_initialised_bundle, wheel_cache) -> Path:
-    """The bundle of the freshly initialised fold weights (both archs), built --offline for Kaggle."""
+    """The bundle of the freshly initialised fold weights (both archs), built --offline for
+    Kaggle: wheels and locks for CPython 3.11, 3.12 and 3.13, and every model's exports."""
     out = tmp_path_factory.mktemp("verify") / "dist"
     assert build_bundle.main(["--kaggle-user", "alice", "--dataset-slug", SLUG, "--manifest",
-                    str(freshly_initialised_bundle / "weights_manifest.json"), "--out", str(out),
-                    "--wheel-cache", str(wheel_cache), "--offline"]) == 0
+                              str(freshly_initialised_bundle / "weights_manifest.json"), "--out", str(out),
+                              "--wheel-cache", str(wheel_cache), "--offline"]) == 0
     return out
 
 
+def printed_runs(printed: str) -> dict[str, str]:
+    """'Kernel run <label>: ...' lines of --verify's printout, by label."""
+    return {line.split(": ", 1)[0][len("Kernel run "):]: line.split(": ", 1)[1]
+            for line in printed.splitlines() if line.startswith("Kernel run ")}
+
+
 @pytest.mark.slow
-def test_verify_runs_the_built_kernel_offline_in_a_fresh_env(built_dist, kaggle_base, base_python, wheel_cache, capsys):
+def test_verify_runs_the_dataset_as_built_on_the_kaggle_shaped_base(built_dist, kaggle_base, base_python, capsys):
+    """Two kernel runs (each ~30-60 s) and one reference prediction: the keras fallback in the
+    Kaggle-shaped base (--verify-engine keras: it finds everything the image has and installs
+    nothing), then --engine auto with keras-cv unimportable (the exports, TFLite on CPU); both
+    equal to the training stack's Keras predictions within 1e-4; nothing installed or replaced."""
     dist_before = {p: (built_dist / p).read_bytes() for p in snapshot(built_dist)}
     base_before = snapshot(base_site_packages(base_python))
     assert build_bundle.main(["--verify", str(built_dist), "--kaggle-base", str(kaggle_base),
-                    "--wheel-cache", str(wheel_cache), "--offline"]) == 0
+                              "--verify-engine", "keras"]) == 0
     printed = capsys.readouterr().out
-    lock = json.loads((built_dist / SLUG / "wheels" / "lock.json").read_text())
-    in_base = ask_python(base_python, "{d.metadata['Name'].lower().replace('_', '-'): d.version "
-                                         "for d in __import__('importlib.metadata').metadata.distributions()}")
-    expected = [p["name"] for p in lock["packages"] if in_base.get(p["name"]) is None
-                or (p["install_if"] != "missing" and in_base[p["name"]] != p["version"])]
-    assert {"keras-cv", "hms-offline", "tensorflow-datasets"} <= set(expected)
-    assert f"installed offline: {len(expected)} package(s)" in printed
+    assert "CPython 3.12, dataset as built" in printed
+    assert "installed offline: 0 package(s)" in printed and "the image was left as it was" in printed
+    assert "the kernel installed and replaced nothing (pip list before and after" in printed
     assert "models: 3" in printed and "submission rows: 8" in printed
     assert "unshare -rn" in printed or "socket guard only" in printed
-    assert "absent before the kernel installed them from the bundle" in printed
+    runs = printed_runs(printed)
+    assert list(runs) == ["--engine keras", "--engine auto, keras_cv unimportable"], printed
+    models = ("mobilenetv3_large_fold0", "mobilenetv3_large_fold1", "efficientnetv2_b2_fold0")
+    assert f"engines {', '.join(f'{m}: keras' for m in models)}" in runs["--engine keras"]
+    assert f"engines {', '.join(f'{m}: tflite' for m in models)}" in runs["--engine auto, keras_cv unimportable"]
+    for line in runs.values():
+        difference = float(line.split("max difference from the training stack's Keras predictions ")[1].split()[0])
+        assert difference <= PREDICTION_TOLERANCE, line
     kl = float(printed.split("KL divergence against test_solution.csv: ")[1].split()[0])
     assert 0 < kl < 10
-    assert {p: (built_dist / p).read_bytes() for p in snapshot(built_dist)} == dist_before  # Kaggle's wheels stay
+    assert float(printed.split("--verify wall time: ")[1].split()[0]) > 0
+    assert {p: (built_dist / p).read_bytes() for p in snapshot(built_dist)} == dist_before  # as built, untouched
     assert snapshot(base_site_packages(base_python)) == base_before
 
 
 @pytest.mark.slow
 def test_verify_fails_loudly_naming_every_fault_of_the_built_kernel_run(
-        built_dist, kaggle_base, wheel_cache, synthetic_competition, tmp_path, caplog):
+        built_dist, kaggle_base, synthetic_competition, tmp_path, caplog):
     """The BUILT kernel, offline in a fresh env, under --strict (as --verify runs it) on a
     bundle missing one model and test data with three faults: each is named, nothing is written."""
     broken = tmp_path / "dist"
@@ -296,8 +378,8 @@ def test_verify_fails_loudly_naming_every_fault_of_the_built_kernel_run(
     lines = (data / "test.csv").read_text().splitlines()
     lines[3] = "," + lines[3].split(",", 1)[1]  # line 4: blank spectrogram_id
     (data / "test.csv").write_text("\n".join(lines) + "\n")
-    assert build_bundle.main(["--verify", str(broken), "--verify-data", str(data), "--kaggle-base", str(kaggle_base),
-                              "--wheel-cache", str(wheel_cache), "--offline"]) == 1
+    assert build_bundle.main(["--verify", str(broken), "--verify-data", str(data), "--kaggle-base",
+                              str(kaggle_base)]) == 1
     text = caplog.text
     assert "the kernel failed offline" in text and "--strict: 5 problem(s), no submission written" in text
     assert "model efficientnetv2_b2_fold0" in text and "is missing" in text

@@ -15,9 +15,10 @@ from pathlib import Path
 from .common import (FORMAT_VERSION, KERNEL_SCRIPT, LOG, MANIFEST_NAME, REPO_ROOT, BundleError, human_size,
                      sha256_of, write_json)
 from .package import SourceState, build_package_wheel, read_source_state
-from .weights import check_with_kernel_loader, copy_weights, merged_manifest
-from .wheels import (KERNEL_WHEEL_PINS, Target, check_pins_against_image, ensure_cached_wheels, parse_pin,
-                     parse_wheel_filename, wheel_lock)
+from .exports import default_export_cache, export_models, with_exports
+from .weights import as_format_2, check_with_kernel_loader, copy_weights, merged_manifest
+from .wheels import (KERNEL_WHEEL_PINS, LOCK_FORMAT_VERSION, Target, check_pins_against_image, check_wheel_sets,
+                     ensure_wheel_sets, parse_pin, parse_wheel_filename, ship_wheels, wheel_lock)
 
 COMPETITION = "hms-harmful-brain-activity-classification"
 DEFAULT_DATASET_SLUG = "hms-offline-bundle"
@@ -75,18 +76,20 @@ def built_kernel_script(kernel_script: Path, dataset_id: str) -> bytes:
     return DATASET_ID_LINE.sub(built, text).encode("utf-8")
 
 
-def dataset_readme(user: str, slug: str, version: str, source: SourceState, target: Target, manifest: dict) -> str:
+def dataset_readme(user: str, slug: str, version: str, source: SourceState, targets: tuple[Target, ...],
+                   manifest: dict) -> str:
     lines = [
         f"# {dataset_title(slug)}",
         "",
         "Offline inference bundle for the Kaggle competition *HMS - Harmful Brain Activity Classification*,",
         "built by `build_bundle.py` of hms-offline. Attach it, with the competition data, to the kernel",
-        f"`{user}/{kernel_slug(slug)}` (internet off): its `inference.py` installs the wheels of",
-        "`wheels/lock.json` that the image lacks and writes `submission.csv`.",
+        f"`{user}/{kernel_slug(slug)}` (internet off): its `inference.py` imports hms_offline from its wheel in",
+        "`wheels/` (nothing installed) and writes `submission.csv`. Only a model that falls back to the keras",
+        "engine makes it install, from `wheels/lock-cp3XY.json` of its Python, what the image lacks.",
         "",
         f"- hms_offline {version} (commit {source.commit}{', with uncommitted changes' if source.dirty else ''})",
-        f"- wheels for CPython {target.python_version} on {target.platform}: "
-        + ", ".join(KERNEL_WHEEL_PINS),
+        f"- the keras engine's wheels for CPython {', '.join(t.python_version for t in targets)} on "
+        f"{targets[0].platform} (one lock each): " + ", ".join(KERNEL_WHEEL_PINS),
         f"- {len(manifest['models'])} model(s), listed in `weights_manifest.json`:",
         "",
         "| name | arch | fold | ensemble weight | CV KL |",
@@ -107,7 +110,7 @@ def file_inventory(folder: Path, skip: tuple[str, ...] = ()) -> list[dict]:
     ]
 
 
-def bundle_record(dataset: Path, kernel: Path, source: SourceState, version: str, target: Target,
+def bundle_record(dataset: Path, kernel: Path, source: SourceState, version: str, targets: tuple[Target, ...],
                   user: str, slug: str, built_at: str) -> dict:
     files = file_inventory(dataset, skip=("BUNDLE.json",))
     return {
@@ -117,8 +120,9 @@ def bundle_record(dataset: Path, kernel: Path, source: SourceState, version: str
         "dataset": f"{user}/{slug}",
         "kernel": f"{user}/{kernel_slug(slug)}",
         "versions": {
-            "python": target.python_version,
-            "platform": target.platform,
+            "pythons": [target.python_version for target in targets],  # one wheels/lock-cp3XY.json each
+            "platform": targets[0].platform,
+            "lock_format": LOCK_FORMAT_VERSION,
             "hms_offline": version,
             "pins": dict(parse_pin(pin) for pin in KERNEL_WHEEL_PINS),
         },
@@ -134,11 +138,13 @@ class BuildOptions:
     manifests: list[Path]  # several: their models ship as one ensemble
     out: Path
     dataset_slug: str
-    target: Target
+    targets: tuple[Target, ...]  # a lock (wheels/lock-cp3XY.json) for each
     gpu: bool
     wheel_cache: Path
     offline: bool
     repo: Path = REPO_ROOT
+    # Proven exports by weights sha256 (python -m hms_offline export --cache).
+    export_cache: Path = field(default_factory=default_export_cache)
 
 
 @dataclass
@@ -174,7 +180,10 @@ def build_bundle(options: BuildOptions) -> BuildResult:
     source = read_source_state(options.repo)
     if source.dirty:
         LOG.warning("the working tree has uncommitted changes to the packed files: the version says .dirty")
-    wheels = ensure_cached_wheels(options.wheel_cache, options.target, offline=options.offline)
+    wheel_sets = ensure_wheel_sets(options.wheel_cache, options.targets, offline=options.offline)
+    check_wheel_sets(wheel_sets)  # static: each lock installs on its Python, every requirement met
+    # Every model as a SavedModel and a TFLite file, proven against its Keras model (cached).
+    manifest = with_exports(as_format_2(manifest), export_models(manifest_paths, options.repo, options.export_cache))
 
     options.out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=options.out))
@@ -183,11 +192,13 @@ def build_bundle(options: BuildOptions) -> BuildResult:
         kernel = staging / "kernel"
         (dataset / "wheels").mkdir(parents=True)
         kernel.mkdir()
-        version, bundled = assemble_dataset(options, manifest, manifest_dir, source, wheels, dataset)
+        version, bundled = assemble_dataset(options, manifest, manifest_dir, source, wheel_sets, dataset)
+        # The manifest as bundled, with its exports, as the kernel's loader reads it.
+        check_with_kernel_loader([dataset / MANIFEST_NAME], options.repo, require_exports=True)
         (kernel / "inference.py").write_bytes(kernel_script)
         write_json(kernel / "kernel-metadata.json", kernel_metadata(options.kaggle_user, options.dataset_slug, options.gpu))
         built_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        record = bundle_record(dataset, kernel, source, version, options.target, options.kaggle_user,
+        record = bundle_record(dataset, kernel, source, version, options.targets, options.kaggle_user,
                                options.dataset_slug, built_at)
         write_json(dataset / "BUNDLE.json", record)
         final_dataset = move_into_place(dataset, options.out / options.dataset_slug, staging)
@@ -207,22 +218,20 @@ def build_bundle(options: BuildOptions) -> BuildResult:
 
 
 def assemble_dataset(options: BuildOptions, manifest: dict, manifest_dir: Path, source: SourceState,
-                     wheels: dict[str, Path], dataset: Path) -> tuple[str, list[Path]]:
+                     wheel_sets: dict[Target, dict[str, Path]], dataset: Path) -> tuple[str, list[Path]]:
     wheel_dir = dataset / "wheels"
-    bundled = []
-    for cached in wheels.values():
-        shutil.copyfile(cached, wheel_dir / cached.name)
-        (wheel_dir / cached.name).chmod(0o644)
-        bundled.append(wheel_dir / cached.name)
+    shipped = ship_wheels(wheel_sets, wheel_dir)  # pure wheels once, binary ones per Python
+    for target, files in shipped.items():
+        write_json(wheel_dir / target.lock_name, wheel_lock(files, target))
+    # Not in any lock: the kernel puts it on sys.path (zipimport), it never pip-installs it.
     package_wheel = build_package_wheel(options.repo, source, wheel_dir)
-    bundled.append(package_wheel)
+    bundled = sorted(wheel_dir.glob("*.whl"))
     version = parse_wheel_filename(package_wheel.name).version
-    write_json(wheel_dir / "lock.json", wheel_lock(bundled, options.target))
     bundled_manifest = copy_weights(manifest, manifest_dir, dataset)
     write_json(dataset / MANIFEST_NAME, bundled_manifest)
     write_json(dataset / "dataset-metadata.json", dataset_metadata(options.kaggle_user, options.dataset_slug))
     (dataset / "README.md").write_text(
-        dataset_readme(options.kaggle_user, options.dataset_slug, version, source, options.target, bundled_manifest),
+        dataset_readme(options.kaggle_user, options.dataset_slug, version, source, options.targets, bundled_manifest),
         encoding="utf-8")
     return version, bundled
 

@@ -3,17 +3,18 @@ stops a build, running a tool, hashing, JSON files, sizes and paths for display.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shlex
 import subprocess
 from pathlib import Path
 
+from hms_offline.digests import sha256_file
+
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout holding build_bundle.py
 LOG = logging.getLogger("build_bundle")
 
-FORMAT_VERSION = 1  # of lock.json and BUNDLE.json
+FORMAT_VERSION = 2  # of BUNDLE.json (2: versions.pythons, one lock per Python)
 PACKAGE = "hms_offline"
 KERNEL_SCRIPT = Path("kernel") / "inference.py"
 MANIFEST_NAME = "weights_manifest.json"
@@ -46,11 +47,8 @@ def run(command: list[str], *, quiet: bool, env: dict | None = None, cwd: Path |
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """The sha256 of a file's bytes (hms_offline.digests, standard library only)."""
+    return sha256_file(path)
 
 
 def write_json(path: Path, data) -> None:

@@ -1,5 +1,6 @@
-"""Where --verify runs the kernel: a fresh, throwaway venv layered on the Kaggle-base venv,
-the checks of what it imports from where, and the network block."""
+"""Where --verify runs the kernel: a fresh, throwaway venv layered on the Kaggle-shaped base
+venv, the checks of what it imports from where and of what is installed (`pip list`), and the
+guards of its runs: the network block, and keras-cv made unimportable."""
 
 from __future__ import annotations
 
@@ -8,22 +9,21 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from .common import LOG, REPO_ROOT, BundleError, run
-from .wheels import Target, parse_target
 
-# The environment Kaggle's base image is sure to provide, made once by `make kaggle-base`:
-# Python with tensorflow (and the keras it requires), numpy, pandas, pyarrow and
-# scikit-learn; no keras-cv, no hms_offline. Every verification puts a fresh, throwaway
-# venv on top of it, so the base itself is never changed.
+# Kaggle's image, shaped here once by `make kaggle-base`: the image's Python (3.12) with its
+# pins (hms_offline/bundle/kaggle_image.txt: tensorflow 2.20.0, keras 3.13.2, keras-cv 0.9.0,
+# tensorflow-datasets 4.9.9, dm-tree 0.1.10, numpy 2.0.2, ...), and no hms_offline. Every
+# verification puts a fresh, throwaway venv on top of it, so the base itself is never changed.
 DEFAULT_KAGGLE_BASE = REPO_ROOT / ".venv-kaggle-base"
 KAGGLE_BASE_SETUP = "make kaggle-base"
-# What only the bundle's wheels provide: absent from the fresh environment before the
-# kernel runs (else the verification would prove nothing), installed into it after.
-MODULES_FROM_THE_BUNDLE = ("keras_cv", "hms_offline")
+# What only the bundle provides: absent from the fresh environment before the kernel runs
+# (else the verification would prove nothing), and never installed by it (the kernel
+# imports it from its wheel in the bundle, on sys.path).
+MODULES_FROM_THE_BUNDLE = ("hms_offline",)
 KERNEL_TIMEOUT_SECONDS = 60 * 60
 
 SOCKET_GUARD = '''\
@@ -41,12 +41,27 @@ socket.create_connection = _refuse
 socket.getaddrinfo = _refuse
 '''
 
+# A meta-path finder, put first by the guard's sitecustomize.py: importing a blocked
+# top-level module (or anything under it) raises ImportError, as if it were not installed.
+IMPORT_GUARD = '''
 
-def local_target(python_version: str) -> Target:
-    """The wheels this machine's own CPython runs: what the local verification installs."""
-    if not sys.platform.startswith("linux"):
-        raise BundleError(f"--verify runs the kernel as Kaggle does, on Linux; this machine is {sys.platform}")
-    return parse_target(python_version, f"manylinux2014_{os.uname().machine}")
+import sys
+
+
+class _Unimportable:
+    """Written by build_bundle.py --verify: these modules cannot be imported in this run."""
+
+    blocked = {blocked!r}
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in self.blocked:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (made unimportable by build_bundle.py --verify)",
+                                      name=name)
+        return None
+
+
+sys.meta_path.insert(0, _Unimportable())
+'''
 
 
 def ask_python(python: Path, expression: str):
@@ -72,8 +87,9 @@ def module_origins(python: Path, modules: tuple[str, ...] = MODULES_FROM_THE_BUN
 def kaggle_base_python(kaggle_base: Path) -> Path:
     python = kaggle_base / "bin" / "python"
     if not python.is_file():
-        raise BundleError(f"no Kaggle-base environment at {kaggle_base}: create it once (needs PyPI) with "
-                          f"`{KAGGLE_BASE_SETUP}` (a venv with only tensorflow-cpu, numpy, pandas, pyarrow, scikit-learn)")
+        raise BundleError(f"no Kaggle-shaped base environment at {kaggle_base}: create it once (needs PyPI and a "
+                          f"CPython 3.12) with `{KAGGLE_BASE_SETUP}` (the image's Python and pins, from "
+                          f"hms_offline/bundle/kaggle_image.txt)")
     return python
 
 
@@ -93,17 +109,38 @@ def make_fresh_env(base_python: Path, folder: Path) -> Path:
 def require_absent_before_install(python: Path) -> None:
     present = {name: origin for name, origin in module_origins(python).items() if origin}
     if present:
-        raise BundleError(f"the fresh environment already imports {present} before the kernel installs anything: "
-                          f"the Kaggle-base environment must hold neither keras-cv nor hms_offline "
-                          f"(recreate it: rm -rf .venv-kaggle-base && {KAGGLE_BASE_SETUP})")
+        raise BundleError(f"the fresh environment already imports {present} before the kernel runs: the Kaggle-shaped "
+                          f"base must not hold hms_offline (recreate it: rm -rf .venv-kaggle-base && "
+                          f"{KAGGLE_BASE_SETUP})")
 
 
-def require_installed_from_bundle(python: Path, env: Path) -> None:
-    elsewhere = {name: origin for name, origin in module_origins(python).items()
-                 if not origin or not Path(origin).resolve().is_relative_to(env.resolve())}
-    if elsewhere:
-        raise BundleError(f"after the kernel ran, these are not installed in the fresh environment {env}: {elsewhere}",
-                          exit_code=1)
+def require_not_installed(python: Path, env: Path) -> None:
+    """After the kernel ran: hms_offline was imported from the bundle's wheel, not installed."""
+    installed = {name: origin for name, origin in module_origins(python).items() if origin}
+    if installed:
+        raise BundleError(f"after the kernel ran, the fresh environment {env} holds {installed}: the kernel must import "
+                          f"hms_offline from the bundle's wheel, never install it", exit_code=1)
+
+
+def pip_list(python: Path) -> list[dict]:
+    """`pip list --format=json` of an environment (a fresh one sees the base's packages too),
+    sorted; pip reads no configuration file and asks no index."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("PYTHON", "PIP_"))}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    listed = run([str(python), "-I", "-m", "pip", "list", "--format=json", "--disable-pip-version-check"],
+                 quiet=True, env=env, what=f"pip list in {python}").stdout
+    start = listed.find("[")  # past any warning pip prints first
+    return sorted(json.loads(listed[start:]), key=lambda package: package["name"].lower())
+
+
+def pip_list_changes(before: list[dict], after: list[dict]) -> list[str]:
+    """What was installed, removed or replaced between two `pip list`s, one line each."""
+    old = {package["name"].lower(): package["version"] for package in before}
+    new = {package["name"].lower(): package["version"] for package in after}
+    return ([f"installed {name} {new[name]}" for name in sorted(new.keys() - old.keys())]
+            + [f"removed {name} {old[name]}" for name in sorted(old.keys() - new.keys())]
+            + [f"replaced {name} {old[name]} by {new[name]}" for name in sorted(old.keys() & new.keys())
+               if old[name] != new[name]])
 
 
 def unshare_works() -> bool:
@@ -128,17 +165,22 @@ class NetworkBlock:
 
     guard_dir: Path
     namespace: bool
+    unimportable: tuple[str, ...] = ()  # top-level modules the runs cannot import
 
     @classmethod
-    def install(cls, guard_dir: Path) -> "NetworkBlock":
+    def install(cls, guard_dir: Path, unimportable: tuple[str, ...] = ()) -> "NetworkBlock":
+        """The guard folder, written; `unimportable` modules (e.g. keras_cv) raise ImportError there."""
         guard_dir.mkdir(parents=True, exist_ok=True)
-        (guard_dir / "sitecustomize.py").write_text(SOCKET_GUARD, encoding="utf-8")
-        return cls(guard_dir, unshare_works())
+        guard = SOCKET_GUARD + (IMPORT_GUARD.format(blocked=set(unimportable)) if unimportable else "")
+        (guard_dir / "sitecustomize.py").write_text(guard, encoding="utf-8")
+        return cls(guard_dir, unshare_works(), tuple(unimportable))
 
     def describe(self) -> str:
         if self.namespace:
-            return "network namespace without interfaces (unshare -rn) + socket guard"
-        return "socket guard only (unshare -rn is not permitted on this machine)"
+            described = "network namespace without interfaces (unshare -rn) + socket guard"
+        else:
+            described = "socket guard only (unshare -rn is not permitted on this machine)"
+        return described + (f"; {', '.join(self.unimportable)} unimportable" if self.unimportable else "")
 
     def run(self, command: list[str], cwd: Path, timeout: float = KERNEL_TIMEOUT_SECONDS) -> subprocess.CompletedProcess:
         prefix = ["unshare", "-rn"] if self.namespace else []
