@@ -33,7 +33,7 @@ KAGGLE_WORKING = Path("/kaggle/working")
 MANIFEST_NAME = "weights_manifest.json"
 WHEELS_DIR = Path("wheels")  # its lock-cp3XY.json per Python, and hms_offline's own wheel
 PACKAGE_WHEEL_GLOB = "hms_offline-*.whl"
-ENGINES = ("auto", "tflite", "saved_model", "keras")  # hms_offline.engines; a test ties the two
+ENGINES = ("auto", "tflite", "saved_model", "keras")  # hms_offline.models.engines; a test ties the two
 LOCK_FIELDS = ("name", "version", "file")
 DEFAULT_INSTALL_RULE = "missing_or_different"  # a lock entry's `install_if`, when it has none
 INSTALL_RULES = ("missing", DEFAULT_INSTALL_RULE)
@@ -268,11 +268,9 @@ def install_keras_stack(bundle_dir: Path) -> list[str]:
 
 def import_hms_offline(bundle_dir: Path):
     """hms_offline from the bundle's own pure-Python wheel (put on sys.path: nothing is
-    installed), else an installed one, else a source tree in the bundle or beside this script."""
+    installed), else an installed one (a local dry run on a folder that is not a built bundle)."""
     wheels = sorted((bundle_dir / WHEELS_DIR).glob(PACKAGE_WHEEL_GLOB))
-    beside_script = [Path(globals()["__file__"]).resolve().parents[1]] if "__file__" in globals() else []
-    trees = [folder for folder in (bundle_dir, *beside_script) if (folder / "hms_offline" / "__init__.py").is_file()]
-    for candidate in (*wheels[-1:], None, *trees):
+    for candidate in (*wheels[-1:], None):
         if candidate is not None:
             sys.path.insert(0, str(candidate))
         try:
@@ -296,7 +294,7 @@ def main(argv=None) -> int:
     log.info("bundle folder: %s", args.bundle_dir)
     log.info("Python %s; engine %s", sys.version.split()[0], args.engine)
     import_hms_offline(args.bundle_dir)
-    from hms_offline.inference import predict_competition
+    from hms_offline.serving.inference import predict_competition
 
     installed = []
     try:

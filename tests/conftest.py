@@ -34,7 +34,7 @@ def liven(model, seed: int) -> None:
     one random batch (momentum 0 for one training-mode call), then randomise the head."""
     import keras
 
-    from hms_offline.export import probe_batch
+    from hms_offline.models.export import probe_batch
 
     norms = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
     momenta = [layer.momentum for layer in norms]
@@ -49,8 +49,8 @@ def liven(model, seed: int) -> None:
 def save_freshly_initialised_fold_weights(folder: Path, plan: dict[str, list[int]], seed: int = 0) -> Path:
     """TEST FIXTURE, not trained models: fold weights of freshly initialised models made
     input-dependent by `liven`, saved with `save_weights`, and the weights manifest that lists them."""
-    from hms_offline.manifest import Manifest, make_entry, write_manifest
-    from hms_offline.model import build_model
+    from hms_offline.models.manifest import Manifest, make_entry, write_manifest
+    from hms_offline.models.registry import build_model
 
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
@@ -118,7 +118,7 @@ def run_offline(command: list[str], **kwargs):
 
 @pytest.fixture(scope="session")
 def synthetic_competition(tmp_path_factory) -> Path:
-    from hms_offline.synthetic import write_competition
+    from hms_offline.synthetic.write import write_competition
 
     return write_competition(tmp_path_factory.mktemp("synthetic") / "competition", n_train=60, n_test=12, seed=7)
 

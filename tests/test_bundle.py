@@ -39,12 +39,12 @@ import hms_offline.bundle.exports
 from hms_offline.bundle.build import BuildResult, built_kernel_script, kernel_metadata
 from hms_offline.bundle.common import KERNEL_SCRIPT, BundleError, display_path
 from hms_offline.bundle.kaggle_cli import push_bundle, upload_commands
-from hms_offline.bundle.package import SourceState, files_to_pack, stamp_version
-from hms_offline.bundle.weights import check_with_kernel_loader
 from hms_offline.bundle.kaggle_image import (ImagePin, ImagePins, PinsError, find_python, no_python_message,
                                              read_image_pins)
+from hms_offline.bundle.package import SourceState, files_to_pack, stamp_version
 from hms_offline.bundle.requirements import (marker_holds, parse_requirement, read_wheel_metadata,
                                              specifier_contains, target_environment)
+from hms_offline.bundle.weights import check_with_kernel_loader
 from hms_offline.bundle.wheels import (DEFAULT_PLATFORM, DEFAULT_PYTHON_VERSIONS, KERNEL_WHEEL_PINS, LOCK_FORMAT_VERSION,
                                        PROVIDED_BY_KAGGLE_IMAGE, REPLACE_OTHER_VERSIONS, WHY_SHIPPED, Target,
                                        canonical_name, check_lock, check_locks, compatible_platform_tags,
@@ -52,8 +52,8 @@ from hms_offline.bundle.wheels import (DEFAULT_PLATFORM, DEFAULT_PYTHON_VERSIONS
 from hms_offline.cli import main as hms_offline_main
 from hms_offline.constants import CLASSES
 from hms_offline.digests import sha256_tree
-from hms_offline.manifest import EXPORT_KINDS, FORMAT_VERSION, export_problem, load_manifest, manifest_problems
-from hms_offline.preprocess import PREPROCESSING_NAME, PREPROCESSING_PARAMS
+from hms_offline.features.spectrogram import VIEW_NAME, VIEW_PARAMS
+from hms_offline.models.manifest import EXPORT_KINDS, FORMAT_VERSION, export_problem, load_manifest, manifest_problems
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # build_bundle.py, the command line
@@ -136,7 +136,7 @@ def write_weights(folder: Path) -> Path:
     manifest = {
         "format_version": 1,
         "classes": list(CLASSES),
-        "preprocessing": {"name": PREPROCESSING_NAME, "params": dict(PREPROCESSING_PARAMS)},
+        "preprocessing": {"name": VIEW_NAME, "params": dict(VIEW_PARAMS)},
         "models": models,
     }
     path = folder / "weights_manifest.json"
@@ -494,7 +494,7 @@ def test_a_manifest_the_kernel_would_refuse_is_never_built(tmp_path, source_repo
 def packed_copy(folder: Path, manifest_code_appended: str) -> Path:
     """A copy of hms_offline whose manifest.py ends with extra code."""
     shutil.copytree(REPO_ROOT / "hms_offline", folder / "hms_offline", ignore=shutil.ignore_patterns("__pycache__"))
-    with open(folder / "hms_offline" / "manifest.py", "a") as manifest_module:
+    with open(folder / "hms_offline" / "models" / "manifest.py", "a") as manifest_module:
         manifest_module.write(manifest_code_appended)
     return folder
 

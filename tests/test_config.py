@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from hms_offline.cli import build_parser
-from hms_offline.config import TrainConfig, parse_folds, read_config
+from hms_offline.training.config import TrainConfig, parse_folds, read_config
 
 
 def parse_train(*flags: str) -> TrainConfig:
@@ -85,7 +85,7 @@ def test_fold_lists():
 def test_cli_help_does_not_import_tensorflow():
     code = (
         "import sys; from hms_offline.cli import build_parser; build_parser(); "
-        "import hms_offline.config, hms_offline.folds, hms_offline.labels; "
+        "import hms_offline.training.config, hms_offline.training.folds, hms_offline.training.labels; "
         "heavy = [m for m in ('tensorflow', 'keras', 'keras_cv', 'sklearn', 'matplotlib') if m in sys.modules]; "
         "print(heavy); sys.exit(bool(heavy))"
     )

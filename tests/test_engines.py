@@ -2,9 +2,9 @@
 
 import pytest
 
-import hms_offline.engines as engines
-from hms_offline.engines import EngineError, EngineLoader, engine_order
-from hms_offline.manifest import ModelEntry
+import hms_offline.models.engines as engines
+from hms_offline.models.engines import EngineError, EngineLoader, engine_order
+from hms_offline.models.manifest import ModelEntry
 
 
 def test_auto_prefers_tflite_on_cpu_and_the_saved_model_where_a_gpu_is_visible():

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from conftest import liven
 
-import hms_offline.export as export
+import hms_offline.models.export as export
 from hms_offline.cli import main as hms_offline_main
 from hms_offline.digests import sha256_file, sha256_tree
-from hms_offline.manifest import Manifest, make_entry, read_manifest, write_manifest
+from hms_offline.models.manifest import Manifest, make_entry, read_manifest, write_manifest
 
 ARCH = "mobilenetv3_large"
 NAME = "lively_mobilenetv3"
@@ -28,7 +28,7 @@ NAME = "lively_mobilenetv3"
 
 def save_lively_weights(folder: Path, arch: str = ARCH, seed: int = 0) -> Path:
     """Weights of a freshly initialised `arch` whose outputs depend on its input (`liven`)."""
-    from hms_offline.model import build_model
+    from hms_offline.models.registry import build_model
 
     model = build_model(arch)
     liven(model, seed)
@@ -56,7 +56,7 @@ def first_export(lively_bundle, tmp_path_factory) -> tuple[dict, Path]:
 
 
 def keras_model(bundle: Path):
-    from hms_offline.model import build_model
+    from hms_offline.models.registry import build_model
 
     (entry,) = read_manifest(bundle).models
     model = build_model(entry.arch, include_rescaling=entry.include_rescaling)
@@ -125,7 +125,7 @@ def test_a_cached_export_past_todays_tolerance_is_not_used(tmp_path, monkeypatch
 
 
 def test_the_command_imports_tensorflow_only_when_it_exports():
-    code = ("import sys, hms_offline.cli, hms_offline.export, hms_offline.manifest\n"
+    code = ("import sys, hms_offline.cli, hms_offline.models.export, hms_offline.models.manifest\n"
             "hms_offline.cli.build_parser()\n"
             "print(sorted({'tensorflow', 'keras', 'keras_cv'} & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -188,7 +188,7 @@ def test_the_saved_model_runs_without_keras_cv(first_export):
 import sys
 sys.modules["keras_cv"] = None  # any import of keras_cv fails
 import numpy as np, tensorflow as tf
-from hms_offline.export import probe_batch, run_tflite
+from hms_offline.models.export import probe_batch, run_tflite
 images = probe_batch(2)
 loaded = tf.saved_model.load({exported['saved_model']['path']!r})
 a = np.asarray(loaded.serve(tf.constant(images)))

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hms_offline.folds import fold_of_rows, make_folds, read_folds, write_folds
-from hms_offline.labels import consensus_index, read_train_labels
+from hms_offline.training.folds import fold_of_rows, make_folds, read_folds, write_folds
+from hms_offline.training.labels import consensus_index, read_train_labels
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,11 @@ import pytest
 
 from hms_offline.constants import ID_COLUMN, SPECTROGRAM_COLUMNS, VOTE_COLUMNS
 from hms_offline.convert import read_spectrogram
-from hms_offline.inference import (
+from hms_offline.features.spectrogram import model_input
+from hms_offline.metric import score_files
+from hms_offline.models.engines import EngineLoader, KerasEngine
+from hms_offline.models.manifest import Manifest, ModelEntry, load_manifest, make_entry, write_manifest
+from hms_offline.serving.inference import (
     Ensemble,
     Member,
     NoModelError,
@@ -19,10 +23,6 @@ from hms_offline.inference import (
     predict_competition,
     predict_spectrograms,
 )
-from hms_offline.engines import EngineLoader, KerasEngine
-from hms_offline.manifest import Manifest, ModelEntry, load_manifest, make_entry, write_manifest
-from hms_offline.metric import score_files
-from hms_offline.preprocess import model_input
 
 from conftest import REPO_ROOT, run_offline
 
@@ -82,7 +82,7 @@ def test_a_failing_model_is_dropped_the_rest_renormalised_and_a_raising_batch_re
 
 def test_no_model_left_is_an_error_naming_each_model():
     with pytest.raises(NoModelError, match="no model of the ensemble could be loaded\n  x: corrupt"):
-        from hms_offline.inference_report import DroppedModel
+        from hms_offline.serving.inference_report import DroppedModel
 
         Ensemble([], [DroppedModel("x", "x.h5", "corrupt")])
     ensemble = Ensemble([member("nan", 1.0, ConstantModel([np.nan] * 6))])

@@ -210,7 +210,7 @@ def test_a_damaged_lock_file_is_a_clear_error_naming_file_and_field(kernel, tmp_
 def test_a_damaged_lock_costs_only_the_keras_engine_and_is_named_not_a_traceback(synthetic_competition, tmp_path):
     """A model with no exports needs the keras engine; its lock is damaged: the model is
     dropped naming the lock file and field, and with no model left the kernel exits 1, cleanly."""
-    from hms_offline.manifest import Manifest, make_entry, write_manifest
+    from hms_offline.models.manifest import Manifest, make_entry, write_manifest
 
     bundle = tmp_path / "bundle"
     (bundle / "weights").mkdir(parents=True)
@@ -228,7 +228,7 @@ def test_a_damaged_lock_costs_only_the_keras_engine_and_is_named_not_a_traceback
 
 
 def test_the_kernels_engine_names_are_the_packages(kernel):
-    from hms_offline.engines import AUTO, ENGINE_NAMES
+    from hms_offline.models.engines import AUTO, ENGINE_NAMES
 
     assert kernel.ENGINES == (AUTO, *ENGINE_NAMES)
 
@@ -254,7 +254,7 @@ def test_hms_offline_is_imported_from_the_bundles_wheel_without_installing_it(tm
     probe = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('k', sys.argv[1]); "
              "k = importlib.util.module_from_spec(spec); spec.loader.exec_module(k); "
              "m = k.import_hms_offline(__import__('pathlib').Path(sys.argv[2])); "
-             "import hms_offline.submission as s; print(m.__version__, m.__file__, s.__file__)")
+             "import hms_offline.serving.submission as s; print(m.__version__, m.__file__, s.__file__)")
     result = subprocess.run([sys.executable, "-c", probe, str(REPO_ROOT / "kernel" / "inference.py"), str(tmp_path)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

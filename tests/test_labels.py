@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from hms_offline.constants import CONSENSUS_NAMES, VOTE_COLUMNS
-from hms_offline.labels import (
+from hms_offline.training.labels import (
     EegRandomWindow,
     SpectrogramFirst,
     consensus_one_hot,

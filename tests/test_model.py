@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from hms_offline.constants import IMAGE_SHAPE
-from hms_offline.model import ARCHITECTURES, build_model, check_arch
+from hms_offline.models.registry import ARCHITECTURES, build_model, check_arch
 
 from conftest import perturb_head
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from hms_offline.constants import IMAGE_SHAPE
-from hms_offline.preprocess import cut_window, model_input, signal_fraction, window_start
+from hms_offline.features.spectrogram import cut_window, model_input, signal_fraction, window_start
 
 
 def columns_spectrogram(values) -> np.ndarray:

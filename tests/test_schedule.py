@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from hms_offline.config import TrainConfig
-from hms_offline.schedule import schedule_for, warmup_cosine
+from hms_offline.training.config import TrainConfig
+from hms_offline.training.schedule import schedule_for, warmup_cosine
 
 
 def learning_rates(schedule, steps) -> np.ndarray:

@@ -10,7 +10,7 @@ from hypothesis.extra.numpy import arrays
 
 from hms_offline.constants import ID_COLUMN, VOTE_COLUMNS
 from hms_offline.metric import score
-from hms_offline.submission import (
+from hms_offline.serving.submission import (
     build_submission,
     check_submission,
     read_sample_submission,

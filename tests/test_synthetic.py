@@ -9,7 +9,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from hms_offline import synthetic
 from hms_offline.constants import (
     CLASSES,
     CONSENSUS_NAMES,
@@ -22,8 +21,11 @@ from hms_offline.constants import (
     VOTE_COLUMNS,
     WINDOW_COLUMNS,
 )
-from hms_offline.preprocess import model_input, window_start
-from hms_offline.synthetic import MARKER_NAME, SIGNATURES, write_competition
+from hms_offline.features.spectrogram import model_input, window_start
+from hms_offline.synthetic import write
+from hms_offline.synthetic.plan import plan_train
+from hms_offline.synthetic.signatures import SIGNATURES
+from hms_offline.synthetic.write import MARKER_NAME, write_competition
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST, SEED = 200, 20, 0
@@ -189,12 +191,12 @@ def test_train_structure_eegs_spectrograms_patients(train):
 def test_small_sets_keep_their_guarantees(seed):
     """Six classes from 30 rows, ten patients from 60 rows: for every seed, not by luck."""
     for n_train in (30, 31, 45, 60):
-        frame, _, _ = synthetic._plan_train(np.random.default_rng(seed), n_train, set())
+        frame, _, _ = plan_train(np.random.default_rng(seed), n_train, set())
         assert len(frame) == n_train
         assert set(frame["expert_consensus"]) == set(CONSENSUS_NAMES)
         if n_train >= 60:
             assert frame["patient_id"].nunique() >= 10
-    tiny, _, _ = synthetic._plan_train(np.random.default_rng(seed), 1, set())
+    tiny, _, _ = plan_train(np.random.default_rng(seed), 1, set())
     assert len(tiny) == 1
 
 
@@ -437,7 +439,7 @@ def test_bad_sizes_raise(tmp_path, n_train, n_test, message):
 
 def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real_write_eeg = synthetic._write_eeg
+    real_write_eeg = write._write_eeg
 
     def failing(*args, **kwargs):
         calls["n"] += 1
@@ -445,7 +447,7 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatc
             raise KeyboardInterrupt
         return real_write_eeg(*args, **kwargs)
 
-    monkeypatch.setattr(synthetic, "_write_eeg", failing)
+    monkeypatch.setattr(write, "_write_eeg", failing)
     with pytest.raises(KeyboardInterrupt):
         write_competition(tmp_path / "comp", 20, 2, 0)
     assert list(tmp_path.iterdir()) == []

@@ -23,9 +23,9 @@ import pytest
 
 from conftest import OFFLINE_GUARD, perturb_head
 from hms_offline.cli import build_parser, main
-from hms_offline.config import TrainConfig, read_config
 from hms_offline.constants import IMAGE_SHAPE
-from hms_offline.manifest import read_manifest, verify_files
+from hms_offline.models.manifest import read_manifest, verify_files
+from hms_offline.training.config import TrainConfig, read_config
 
 pytestmark = pytest.mark.slow
 
@@ -79,14 +79,14 @@ def train_until_killed(flags: list[str], state_path: Path, log_path: Path, timeo
 
 @pytest.fixture(scope="module")
 def competition(tmp_path_factory) -> Path:
-    from hms_offline.synthetic import write_competition
+    from hms_offline.synthetic.write import write_competition
 
     return write_competition(tmp_path_factory.mktemp("train_data") / "competition", **SYNTHETIC)
 
 
 @pytest.fixture(scope="module")
 def mobilenet_run(competition, tmp_path_factory):
-    from hms_offline.train import train
+    from hms_offline.training.run import train
 
     root = tmp_path_factory.mktemp("runs")
     out, work = root / "mnv3", root / "work"
@@ -98,7 +98,7 @@ def mobilenet_run(competition, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def efficientnet_run(competition, mobilenet_run):
-    from hms_offline.train import train
+    from hms_offline.training.run import train
 
     out = mobilenet_run.dir.parent / "effnet"
     flags = [*train_flags(competition, out, mobilenet_run.work, EFFICIENTNET_FLAGS),
@@ -174,8 +174,8 @@ def test_the_kernel_with_the_trained_fold_scores_below_its_class_prior(mobilenet
 def test_saved_weights_reproduce_the_out_of_fold_predictions(mobilenet_run):
     import h5py
 
-    from hms_offline.data import load_image
-    from hms_offline.model import build_model
+    from hms_offline.models.registry import build_model
+    from hms_offline.training.data import load_image
 
     weights = mobilenet_run.dir / "fold0" / "mobilenetv3_large_fold0.weights.h5"
     with h5py.File(weights) as handle:
@@ -205,7 +205,7 @@ def test_interrupted_run_resumes_from_its_last_epoch(mobilenet_run):
 
 
 def test_finished_folds_are_not_trained_again(mobilenet_run):
-    from hms_offline.train import train
+    from hms_offline.training.run import train
 
     weights = mobilenet_run.dir / "fold0" / "mobilenetv3_large_fold0.weights.h5"
     stamp = weights.stat().st_mtime_ns
@@ -216,7 +216,7 @@ def test_finished_folds_are_not_trained_again(mobilenet_run):
 
 
 def test_a_run_folder_refuses_other_settings(mobilenet_run):
-    from hms_offline.train import train
+    from hms_offline.training.run import train
 
     flags = [*mobilenet_run.flags, "--epochs", "5", "--folds", "1"]
     with pytest.raises(ValueError, match="holds a run with other settings \\(epochs: 4 there, 5 now\\)"):
@@ -265,11 +265,11 @@ def test_training_input_equals_what_inference_computes(competition, tmp_path):
     import pyarrow.parquet as pq
 
     from hms_offline.convert import convert_tree
-    from hms_offline.data import prepare_spectrograms
-    from hms_offline.inference import read_window
-    from hms_offline.labels import read_train_labels, vote_fractions
-    from hms_offline.preprocess import window_start
-    from hms_offline.train import validation_dataset
+    from hms_offline.features.spectrogram import window_start
+    from hms_offline.serving.inference import read_window
+    from hms_offline.training.data import prepare_spectrograms
+    from hms_offline.training.fold import validation_dataset
+    from hms_offline.training.labels import read_train_labels, vote_fractions
 
     labels = read_train_labels(competition / "train.csv")
     rows = labels[labels["spectrogram_label_offset_seconds"] > 0].head(3).reset_index(drop=True)
@@ -295,9 +295,9 @@ def test_training_input_equals_what_inference_computes(competition, tmp_path):
 
 
 def test_training_batches_are_the_sampled_windows(competition, tmp_path):
-    from hms_offline.data import load_image, prepare_spectrograms
-    from hms_offline.labels import read_train_labels
-    from hms_offline.train import split_fold, training_dataset
+    from hms_offline.training.data import load_image, prepare_spectrograms
+    from hms_offline.training.fold import split_fold, training_dataset
+    from hms_offline.training.labels import read_train_labels
 
     labels = read_train_labels(competition / "train.csv").head(40).assign(fold=lambda f: f.index % 2)
     folder = prepare_spectrograms(competition, labels, work_dir=tmp_path / "work")
@@ -311,9 +311,9 @@ def test_training_batches_are_the_sampled_windows(competition, tmp_path):
 
 
 def test_augmentations_change_training_batches_only(competition, tmp_path):
-    from hms_offline.data import prepare_spectrograms
-    from hms_offline.labels import read_train_labels
-    from hms_offline.train import split_fold, training_dataset
+    from hms_offline.training.data import prepare_spectrograms
+    from hms_offline.training.fold import split_fold, training_dataset
+    from hms_offline.training.labels import read_train_labels
 
     labels = read_train_labels(competition / "train.csv").head(40).assign(fold=lambda f: f.index % 2)
     folder = prepare_spectrograms(competition, labels, work_dir=tmp_path / "work")
@@ -344,7 +344,7 @@ def test_a_missing_train_csv_column_is_named(competition, tmp_path, caplog):
 
 
 def test_a_missing_spectrogram_file_is_named(competition, tmp_path):
-    from hms_offline.train import train
+    from hms_offline.training.run import train
 
     data = tmp_path / "comp"
     data.mkdir()
@@ -362,7 +362,7 @@ def test_pretrained_backbone_comes_from_a_local_folder_without_network(tmp_path,
 
     from keras_cv.src.utils.preset_utils import save_to_preset
 
-    from hms_offline.model import build_backbone, build_model
+    from hms_offline.models.registry import build_backbone, build_model
 
     preset = tmp_path / "efficientnet-like-kaggle-model"
     source = build_backbone("mobilenetv3_large", input_shape=(224, 224, 3))
@@ -386,7 +386,7 @@ def test_a_pretrained_backbone_of_another_shape_is_refused(tmp_path):
     import keras_cv
     from keras_cv.src.utils.preset_utils import save_to_preset
 
-    from hms_offline.model import build_model
+    from hms_offline.models.registry import build_model
 
     small = keras_cv.models.MobileNetV3Backbone(
         stackwise_expansion=[1], stackwise_filters=[16], stackwise_kernel_size=[3], stackwise_stride=[2],
@@ -398,7 +398,7 @@ def test_a_pretrained_backbone_of_another_shape_is_refused(tmp_path):
 
 
 def test_strategy_and_precision_on_this_machine():
-    from hms_offline.train import precision_policy, select_strategy
+    from hms_offline.training.strategy import precision_policy, select_strategy
 
     import tensorflow as tf
 
@@ -414,7 +414,7 @@ def test_strategy_and_precision_on_this_machine():
 
 @pytest.mark.parametrize("arch, expected_max", [("mobilenetv3_large", 0.99), ("efficientnetv2_b2", 0.9)])
 def test_from_random_weights_batch_norm_momentum_is_capped_not_raised(arch, expected_max):
-    from hms_offline.train import batch_normalization_layers, training_model
+    from hms_offline.training.fold import batch_normalization_layers, training_model
 
     config = TrainConfig(data_dir=Path("comp"), out=Path("run"), arch=arch, steps_per_epoch=4).resolved()
     momenta = {layer.momentum for layer in batch_normalization_layers(training_model(config))}

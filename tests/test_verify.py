@@ -95,7 +95,9 @@ def test_the_kaggle_shaped_base_is_the_pins_file_on_the_images_python(base_pytho
 
 def test_a_fresh_env_sees_the_base_and_lacks_hms_offline_until_the_kernel_imports_it(base_python, tmp_path):
     python = make_fresh_env(base_python, tmp_path / "env")
-    attempt = subprocess.run([str(python), "-c", "import hms_offline"], cwd=tmp_path, capture_output=True, text=True)
+    # isolated (-I): a PYTHONPATH of the caller (a checkout on it) must not make hms_offline importable here
+    attempt = subprocess.run([str(python), "-I", "-c", "import hms_offline"], cwd=tmp_path, capture_output=True,
+                             text=True)
     assert attempt.returncode != 0 and "No module named 'hms_offline'" in attempt.stderr
     assert module_origins(python) == {"hms_offline": None}
     seen = ask_python(python, "{m: bool(importlib.util.find_spec(m)) for m in "

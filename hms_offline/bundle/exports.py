@@ -16,8 +16,8 @@ from pathlib import Path
 
 from .common import LOG, PACKAGE, REPO_ROOT, BundleError
 
-EXPORT_KINDS = ("saved_model", "tflite")  # hms_offline.manifest.EXPORT_KINDS
-CACHE_ENV = "HMS_EXPORT_CACHE"  # hms_offline.export.CACHE_ENV
+EXPORT_KINDS = ("saved_model", "tflite")  # hms_offline.models.manifest.EXPORT_KINDS
+CACHE_ENV = "HMS_EXPORT_CACHE"  # hms_offline.models.export.CACHE_ENV
 
 
 def default_export_cache() -> Path:

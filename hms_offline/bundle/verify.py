@@ -23,7 +23,7 @@ from .wheels import DEFAULT_PLATFORM, parse_target
 # The sample test data --verify generates when no --verify-data is given.
 VERIFY_SYNTHETIC = {"n_train": 6, "n_test": 8, "seed": 0}
 KERNEL_SUMMARY_RULE = "=" * 60  # kernel/inference.py prints its summary below this line
-REPORT_NAME = "inference_report.json"  # hms_offline.inference_report.REPORT_NAME, beside the submission
+REPORT_NAME = "inference_report.json"  # hms_offline.serving.inference_report.REPORT_NAME, beside the submission
 VERIFY_ENGINES = ("auto", "tflite", "saved_model", "keras")  # the kernel's --engine choices
 # The kernel's predictions against the training stack's Keras predictions on the same
 # weights: the exports are proven at build time within 1e-5 (SavedModel) and 1e-4 (TFLite).

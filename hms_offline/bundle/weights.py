@@ -1,5 +1,5 @@
 """The weights manifest: checked by the kernel's own loader, then read as plain JSON
-(hms_offline.manifest imports numpy), merged, brought to format 2, and its weight files and
+(hms_offline.models.manifest imports numpy), merged, brought to format 2, and its weight files and
 exports copied, digest-checked, into the dataset."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from hms_offline.digests import sha256_tree
 
 from .common import LOG, BundleError, human_size, sha256_of, write_json
 
-MANIFEST_FORMAT = 2  # hms_offline.manifest.FORMAT_VERSION: what the bundle ships
+MANIFEST_FORMAT = 2  # hms_offline.models.manifest.FORMAT_VERSION: what the bundle ships
 
 
 def check_with_kernel_loader(paths: list[Path], repo: Path, require_exports: bool = False) -> None:
@@ -165,7 +165,7 @@ def copy_and_hash(source: Path, destination: Path) -> str:
 def as_format_2(manifest: dict) -> dict:
     """A format-1 manifest (one top-level `preprocessing` for every model) as format 2 (each
     model's `input`, placed after its sha256); a format-2 one as it is. The kernel's loader
-    reads both (hms_offline.manifest); the bundle ships format 2."""
+    reads both (hms_offline.models.manifest); the bundle ships format 2."""
     version = manifest.get("format_version")
     if version == MANIFEST_FORMAT:
         return manifest

@@ -1,7 +1,7 @@
 """`python -m hms_offline export`: each model of a weights manifest as a TF SavedModel and a
 TFLite file, each proven equal to the Keras model on a probe batch, cached by the weights.
 
-For every entry: the Keras model is rebuilt (`hms_offline.model.build_model` +
+For every entry: the Keras model is rebuilt (`hms_offline.models.registry.build_model` +
 `load_weights`), exported with `model.export(dir, format="tf_saved_model")`, and that
 SavedModel converted with `tf.lite.TFLiteConverter.from_saved_model`. The proof: on
 PROBE_IMAGES model inputs made by THE preprocessing from seeded random spectrograms shaped
@@ -58,7 +58,7 @@ class ExportError(ValueError):
 
 def default_cache() -> Path:
     """$HMS_EXPORT_CACHE, else `.cache/exports/` of the checkout holding this package."""
-    return Path(os.environ.get(CACHE_ENV) or Path(__file__).resolve().parents[1] / ".cache" / "exports")
+    return Path(os.environ.get(CACHE_ENV) or Path(__file__).resolve().parents[2] / ".cache" / "exports")
 
 
 # ----------------------------------------------------------------------------- the probe
@@ -87,7 +87,7 @@ def probe_batch(images: int = PROBE_IMAGES, seed: int = PROBE_SEED):
     """The proof's model inputs: `probe_spectrograms` through THE preprocessing, `[n, 400, 300, 3]`."""
     import numpy as np
 
-    from hms_offline.preprocess import model_input
+    from hms_offline.features.spectrogram import model_input
 
     return np.stack([model_input(spectrogram) for spectrogram in probe_spectrograms(images, seed)])
 
@@ -96,7 +96,7 @@ def probe_batch(images: int = PROBE_IMAGES, seed: int = PROBE_SEED):
 
 def variant(entry) -> dict:
     """Besides the weights, what decides an entry's exported graph (and its proof)."""
-    from hms_offline.manifest import installed_versions
+    from hms_offline.models.manifest import installed_versions
 
     return {"export_format": EXPORT_FORMAT, "arch": entry.arch, "include_rescaling": entry.include_rescaling,
             "input_shape": list(entry.input_shape), **installed_versions(),
@@ -160,14 +160,14 @@ def max_difference(a, b) -> float:
 
 def run_tflite(path: Path, images, threads: int = TFLITE_THREADS):
     """The TFLite file's outputs on `images`, run as the kernel's tflite engine runs it."""
-    from hms_offline.engines import TFLiteEngine
+    from hms_offline.models.engines import TFLiteEngine
 
     return TFLiteEngine.from_path(path, threads).predict_on_batch(images)
 
 
 def run_saved_model(folder: Path, images):
     """The SavedModel's outputs on `images`, run as the kernel's saved_model engine runs it."""
-    from hms_offline.engines import SavedModelEngine
+    from hms_offline.models.engines import SavedModelEngine
 
     return SavedModelEngine.from_path(folder).predict_on_batch(images)
 
@@ -200,8 +200,8 @@ def _export_fresh(entry, root: Path, folder: Path, expected_variant: dict) -> di
     import keras
     import numpy as np
 
-    from hms_offline.manifest import weights_path
-    from hms_offline.model import build_model
+    from hms_offline.models.manifest import weights_path
+    from hms_offline.models.registry import build_model
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".exporting", dir=folder.parent))
@@ -282,7 +282,7 @@ def export_entry(entry, root: Path, cache: Path) -> dict:
 
 def export_manifests(paths: list[Path], cache: Path | None = None) -> dict:
     """Export every model of the manifests; the report (see the module's docstring)."""
-    from hms_offline.manifest import ManifestError, installed_versions, load_manifest
+    from hms_offline.models.manifest import ManifestError, installed_versions, load_manifest
 
     cache = Path(cache) if cache is not None else default_cache()
     report = {"format_version": EXPORT_FORMAT, **installed_versions(), "cache": str(cache.resolve()),

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from hms_offline.constants import CLASSES
-from hms_offline.manifest import ModelEntry, export_path, export_problem, weights_path
+from hms_offline.models.manifest import ModelEntry, export_path, export_problem, weights_path
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class KerasEngine:
     name = "keras"
 
     def __init__(self, entry: ModelEntry, root: Path):
-        from hms_offline.model import build_model
+        from hms_offline.models.registry import build_model
 
         self.model = build_model(entry.arch, num_classes=len(CLASSES), input_shape=tuple(entry.input_shape),
                                  include_rescaling=entry.include_rescaling)

@@ -13,10 +13,9 @@ import pandas as pd
 
 from hms_offline.atomic import atomic_output
 from hms_offline.constants import ID_COLUMN
-from hms_offline.labels import consensus_index, first_row_per_eeg
 from hms_offline.tables import read_csv_with_columns
+from hms_offline.training.labels import consensus_index, first_row_per_eeg
 
-FOLDS_NAME = "folds.csv"
 FOLD_COLUMNS = (ID_COLUMN, "patient_id", "fold")
 
 

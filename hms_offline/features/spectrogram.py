@@ -17,9 +17,10 @@ from hms_offline.constants import (
     WINDOW_COLUMNS,
 )
 
-# Recorded in every weights manifest; the kernel refuses models trained with another.
-PREPROCESSING_NAME = "starter_log_standardize"
-PREPROCESSING_PARAMS = {
+# This transform as an input view (features/views.py): its name and parameters are recorded in
+# every weights manifest entry, and the kernel refuses a model trained with other ones.
+VIEW_NAME = "starter_log_standardize"
+VIEW_PARAMS = {
     "window_columns": WINDOW_COLUMNS,
     "offset_divisor_seconds": SPECTROGRAM_STEP_SECONDS,
     "clip_min_exponent": LOG_CLIP_MIN_EXPONENT,

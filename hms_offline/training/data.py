@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from hms_offline.constants import CLASSES, IMAGE_SHAPE
-from hms_offline.preprocess import model_input
+from hms_offline.features.spectrogram import model_input
 
 log = logging.getLogger(__name__)
 

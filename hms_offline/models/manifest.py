@@ -29,34 +29,25 @@ from pathlib import Path
 from hms_offline.atomic import write_text_atomically
 from hms_offline.constants import CLASSES, IMAGE_SHAPE
 from hms_offline.digests import sha256_file, sha256_tree
-from hms_offline.model import ARCHITECTURES
-from hms_offline.preprocess import PREPROCESSING_NAME, PREPROCESSING_PARAMS
+from hms_offline.features.views import INPUT_VIEWS, view_record
+from hms_offline.models.registry import ARCHITECTURES
 
 FORMAT_VERSION = 2  # what this code writes
 READABLE_FORMATS = (1, 2)
 MANIFEST_NAME = "weights_manifest.json"
-
-# Input view name -> its parameters: the transforms this code implements (preprocess.py).
-INPUT_VIEWS = {PREPROCESSING_NAME: PREPROCESSING_PARAMS}
 # The exported graphs an entry may list, and what each is on disk.
 EXPORT_KINDS = ("saved_model", "tflite")
 _EXPORT_IS_FOLDER = {"saved_model": True, "tflite": False}
 
 __all__ = [
-    "EXPORT_KINDS", "FORMAT_VERSION", "INPUT_VIEWS", "MANIFEST_NAME", "Manifest", "ManifestError", "ModelEntry",
-    "default_input", "export_path", "export_problem", "export_problems", "installed_versions", "load_manifest",
-    "make_entry", "manifest_problems", "read_manifest", "sha256_file", "sha256_tree", "verify_files",
-    "weights_path", "write_manifest",
+    "EXPORT_KINDS", "FORMAT_VERSION", "MANIFEST_NAME", "Manifest", "ManifestError", "ModelEntry", "export_path",
+    "export_problem", "export_problems", "installed_versions", "load_manifest", "make_entry", "manifest_problems",
+    "read_manifest", "verify_files", "weights_path", "write_manifest",
 ]
 
 
 class ManifestError(ValueError):
     """The manifest or one of its weight files cannot be trusted."""
-
-
-def default_input() -> dict:
-    """The input view of every model trained by this code: the starter's spectrogram transform."""
-    return {"name": PREPROCESSING_NAME, "params": dict(PREPROCESSING_PARAMS)}
 
 
 @dataclass
@@ -66,8 +57,8 @@ class ModelEntry:
     fold: int
     file: str  # a Keras `.weights.h5`, relative to the manifest's folder
     sha256: str
-    # The input view: {"name": ..., "params": {...}}, one of INPUT_VIEWS.
-    input: dict = field(default_factory=default_input)
+    # The input view: {"name": ..., "params": {...}}, one of features/views.py's INPUT_VIEWS.
+    input: dict = field(default_factory=view_record)
     input_shape: list[int] = field(default_factory=lambda: list(IMAGE_SHAPE))
     include_rescaling: bool = True
     ensemble_weight: float = 1.0
@@ -148,7 +139,7 @@ def make_entry(
         fold=fold,
         file=Path(relative).as_posix(),
         sha256=sha256_file(weights_file),
-        input=json.loads(json.dumps(input_view)) if input_view is not None else default_input(),
+        input=json.loads(json.dumps(input_view)) if input_view is not None else view_record(),
         input_shape=list(input_shape),
         include_rescaling=include_rescaling,
         ensemble_weight=ensemble_weight,

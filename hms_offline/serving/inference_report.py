@@ -104,7 +104,7 @@ def runtime_versions() -> dict[str, str | None]:
     from importlib import metadata
 
     import hms_offline
-    from hms_offline.manifest import installed_versions
+    from hms_offline.models.manifest import installed_versions
 
     def version(name: str) -> str | None:
         try:

@@ -12,7 +12,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hms_offline.model import ARCHITECTURES, check_arch
+from hms_offline.models.registry import ARCHITECTURES, check_arch
 
 LABEL_MODES = ("fractions", "consensus")
 SAMPLINGS = ("eeg_random_window", "spectrogram_first")

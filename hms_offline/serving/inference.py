@@ -27,11 +27,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from hms_offline.constants import CLASSES, ID_COLUMN
-from hms_offline.engines import AUTO, EngineLoader, engine_order
-from hms_offline.inference_report import REPORT_NAME, DroppedModel, FallbackRow, InferenceReport, runtime_versions
-from hms_offline.manifest import ManifestError, ModelEntry, load_manifest, weights_path
-from hms_offline.preprocess import model_input, signal_fraction
-from hms_offline.submission import (
+from hms_offline.features.spectrogram import model_input, signal_fraction
+from hms_offline.models.engines import AUTO, EngineLoader, engine_order
+from hms_offline.models.manifest import ManifestError, ModelEntry, load_manifest, weights_path
+from hms_offline.serving.inference_report import (
+    REPORT_NAME, DroppedModel, FallbackRow, InferenceReport, runtime_versions,
+)
+from hms_offline.serving.submission import (
     build_submission,
     read_sample_submission,
     read_test_rows,
@@ -274,7 +276,7 @@ def predict_competition(
     """test.csv + test_spectrograms/ + sample_submission.csv -> `output` (submission.csv)
     and inference_report.json beside it.
 
-    `engine` runs every model (`auto`: the fastest that opens each; see hms_offline.engines);
+    `engine` runs every model (`auto`: the fastest that opens each; see hms_offline.models.engines);
     `prepare_keras` is called once before the first keras engine (the kernel installs
     keras-cv there); `load(entry, root)`, when given, opens a model instead (tests)."""
     engine_order(engine, gpu=False)  # an unknown engine name fails now, not after the work
