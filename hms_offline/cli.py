@@ -126,8 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", type=Path, default=Path("submission.csv"))
     predict.add_argument("--work-dir", type=Path, default=None,
                          help="scratch folder for converted spectrograms (default: a temp dir)")
-    predict.add_argument("--batch-size", type=positive_int, default=16)
     from hms_offline.models.engines import AUTO, ENGINE_NAMES
+    from hms_offline.serving.inference import DEFAULT_BATCH_SIZE
+
+    predict.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE)
 
     predict.add_argument("--engine", choices=(AUTO, *ENGINE_NAMES), default=AUTO,
                          help="what runs the models (default auto: per model tflite, then saved_model, then "

@@ -1,3 +1,4 @@
+import importlib.util
 import os
 from pathlib import Path
 
@@ -7,6 +8,25 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HMS_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "hms-sample"
+
+
+@pytest.fixture(scope="session")
+def kernel():
+    """kernel/inference.py as a module (Kaggle runs it as a script)."""
+    spec = importlib.util.spec_from_file_location("hms_kernel", REPO_ROOT / "kernel" / "inference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def package_wheel(tmp_path_factory) -> Path:
+    """The hms_offline wheel of this checkout, as the bundle ships it (wheels/hms_offline-*.whl)."""
+    from hms_offline.bundle.package import build_package_wheel, read_source_state
+
+    folder = tmp_path_factory.mktemp("package_wheel") / "wheels"
+    folder.mkdir()
+    return build_package_wheel(REPO_ROOT, read_source_state(REPO_ROOT), folder)
 
 
 @pytest.fixture(scope="session")

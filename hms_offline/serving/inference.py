@@ -31,7 +31,7 @@ from hms_offline.features.spectrogram import model_input, signal_fraction
 from hms_offline.models.engines import AUTO, EngineLoader, engine_order
 from hms_offline.models.manifest import ManifestError, ModelEntry, load_manifest, weights_path
 from hms_offline.serving.inference_report import (
-    REPORT_NAME, DroppedModel, FallbackRow, InferenceReport, runtime_versions,
+    REPORT_NAME, DroppedModel, FallbackRow, InferenceReport, runtime_versions, tensorflow_warnings,
 )
 from hms_offline.serving.submission import (
     build_submission,
@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 # signal: its standardised image is (nearly) constant and a model's answer to it means
 # nothing, so its row gets the fallback. Real test spectrograms hold power in ~100%.
 MIN_SIGNAL_FRACTION = 0.1
+# Images per model call: within 5 % of the best on CPU from 4 to 16 (README, benchmarks/).
+DEFAULT_BATCH_SIZE = 16
 
 
 class NoModelError(ManifestError):
@@ -266,7 +268,7 @@ def predict_competition(
     bundle_dir: Path,
     output: Path,
     work_dir: Path | None = None,
-    batch_size: int = 16,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     strict: bool = False,
     engine: str = AUTO,
@@ -302,6 +304,10 @@ def predict_competition(
                 log.error("MODEL DROPPED: %s: %s", model.name, model.reason)
             members, dropped = load_members(manifest.models, root, load or EngineLoader(engine, prepare_keras))
             ensemble = Ensemble(members, rejected + dropped)
+        report.version_warnings = tensorflow_warnings([member.entry for member in members],
+                                                      report.versions.get("tensorflow"))
+        for warning in report.version_warnings:
+            log.warning("%s", warning)
         with timed(stages, "convert"):
             converted = work_dir / "test_spectrograms"
             failed = convert_test_spectrograms(data_dir / "test_spectrograms", converted, unique_ids, workers)

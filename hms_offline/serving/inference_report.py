@@ -3,12 +3,14 @@ submission: rows, the fallback vector and where it came from, every row that got
 why, the models used and dropped, engine, versions and timings.
 
 `problems()` lists every departure from a clean run; `--strict` turns them into an error.
+A version warning (this TensorFlow older than a model's training one) is not one of them.
 """
 
 import dataclasses
 import json
-from collections import Counter
 import platform
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +50,9 @@ class InferenceReport:
     models: list[dict] = field(default_factory=list)  # name, engine, file, weight (renormalised)
     models_dropped: list[DroppedModel] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # choices a reader should know of
+    # This TensorFlow older than the one that trained and exported models of the ensemble: said,
+    # never a fault (TF 2.21 exports on the image's 2.20 is what --verify checks).
+    version_warnings: list[str] = field(default_factory=list)
     versions: dict[str, str | None] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     model_seconds: dict[str, float] = field(default_factory=dict)
@@ -88,6 +93,7 @@ class InferenceReport:
             f"test.csv rows set aside: {len(self.set_aside_test_rows)}",
         ]
         out += [f"warning: {warning}" for warning in self.warnings]
+        out += [f"version warning: {warning}" for warning in self.version_warnings]
         out += [f"stage {name}: {seconds:.1f} s" for name, seconds in self.stage_seconds.items()]
         out += [f"model {name}: {seconds:.1f} s" for name, seconds in self.model_seconds.items()]
         return out
@@ -97,6 +103,28 @@ class InferenceReport:
 
     def write(self, path: Path) -> Path:
         return write_text_atomically(Path(path), self.to_json())
+
+
+def release(version: str) -> tuple[int, ...]:
+    """The leading release numbers of a version: '2.21.0rc1' -> (2, 21, 0)."""
+    match = re.match(r"\d+(?:\.\d+)*", version.strip())
+    return tuple(int(part) for part in match.group(0).split(".")) if match else ()
+
+
+def tensorflow_warnings(entries: list, runtime: str | None) -> list[str]:
+    """One line per TensorFlow newer than `runtime` that trained (and exported) models among
+    `entries` (their manifest `tensorflow`), naming them; [] when this one is as new or
+    either version is unknown."""
+    if not runtime or not release(runtime):
+        return []
+    newer: dict[str, list[str]] = {}
+    for entry in entries:
+        if entry.tensorflow and release(entry.tensorflow) > release(runtime):
+            newer.setdefault(entry.tensorflow, []).append(entry.name)
+    return [f"TensorFlow {runtime} here is older than the {version} that trained {len(names)} model(s) "
+            f"({', '.join(names)}): their exports usually run on it (2.21 on 2.20 is checked by --verify); "
+            "if one fails to load or predict, this may be why"
+            for version, names in sorted(newer.items(), key=lambda item: release(item[0]))]
 
 
 def runtime_versions() -> dict[str, str | None]:

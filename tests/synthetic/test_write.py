@@ -27,7 +27,7 @@ from hms_offline.synthetic.plan import plan_train
 from hms_offline.synthetic.signatures import SIGNATURES
 from hms_offline.synthetic.write import MARKER_NAME, write_competition
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT
 N_TRAIN, N_TEST, SEED = 200, 20, 0
 # The competition's train.csv header, in its order (checked against the real sample below).
 TRAIN_HEADER = (

@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from hms_offline.bundle.common import BundleError, sha256_of
+from hms_offline.bundle.common import BundleError
 from hms_offline.bundle.demo import class_prior_submission
 from hms_offline.bundle.environment import (DEFAULT_KAGGLE_BASE, NetworkBlock, ask_python, make_fresh_env,
                                             module_origins, offline_environment, pip_list, pip_list_changes,
@@ -35,8 +35,9 @@ from hms_offline.bundle.submission_check import check_submission, read_csv_rows
 from hms_offline.bundle.verify import PREDICTION_TOLERANCE, max_difference
 from hms_offline.bundle.weights import check_weight_files, merge_manifests, read_weights_manifest
 from hms_offline.bundle.wheels import DEFAULT_PLATFORM, DEFAULT_PYTHON_VERSIONS, DEFAULT_WHEEL_CACHE, KERNEL_WHEEL_PINS, Target, find_cached_wheel
+from hms_offline.digests import sha256_file
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT
 sys.path.insert(0, str(REPO_ROOT))  # build_bundle.py, the command line
 import build_bundle  # noqa: E402
 
@@ -235,7 +236,7 @@ def run_manifest(folder: Path, arch: str, folds: list[int], preprocessing: str =
         weights.parent.mkdir(parents=True, exist_ok=True)
         weights.write_bytes(f"{arch} {fold}".encode())
         models.append({"name": f"{arch}_fold{fold}", "arch": arch, "fold": fold, "file": f"fold{fold}/{weights.name}",
-                       "sha256": sha256_of(weights), "ensemble_weight": 1.0, "cv_kl": 0.5})
+                       "sha256": sha256_file(weights), "ensemble_weight": 1.0, "cv_kl": 0.5})
     manifest = {"format_version": 1, "classes": ["seizure", "lpd", "gpd", "lrda", "grda", "other"],
                 "preprocessing": {"name": preprocessing, "params": {}}, "models": models}
     (folder / "weights_manifest.json").write_text(json.dumps(manifest))

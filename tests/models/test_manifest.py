@@ -1,12 +1,10 @@
-import hashlib
 import json
-import os
 import re
 
 import pytest
 
 from hms_offline.constants import CLASSES
-from hms_offline.digests import sha256_file, sha256_tree, tree_listing
+from hms_offline.digests import sha256_file, sha256_tree
 from hms_offline.features.spectrogram import VIEW_NAME, VIEW_PARAMS
 from hms_offline.models.manifest import (
     EXPORT_KINDS,
@@ -196,27 +194,6 @@ def test_the_committed_manifest_is_valid():
 
     manifest = read_manifest(REPO_ROOT / "weights_manifest.json")
     assert manifest.classes == list(CLASSES) and manifest.rejected == []
-
-
-# ----------------------------------------------------------------------------- digests
-
-def test_the_tree_digest_is_the_sha256_of_its_sorted_listing(tmp_path):
-    folder = tmp_path / "saved_model"
-    (folder / "variables").mkdir(parents=True)
-    (folder / "saved_model.pb").write_bytes(b"graph")
-    (folder / "variables" / "variables.index").write_bytes(b"index")
-    (folder / "assets").mkdir()  # empty folders do not count
-    listing = (f"saved_model.pb\t{hashlib.sha256(b'graph').hexdigest()}\n"
-               f"variables/variables.index\t{hashlib.sha256(b'index').hexdigest()}\n")
-    assert tree_listing(folder) == listing
-    digest = sha256_tree(folder)
-    assert digest == hashlib.sha256(listing.encode()).hexdigest()
-    os.utime(folder / "saved_model.pb", (0, 0))  # timestamps do not count
-    assert sha256_tree(folder) == digest
-    (folder / "variables" / "variables.index").rename(folder / "variables.index")  # places do
-    assert sha256_tree(folder) != digest
-    with pytest.raises(NotADirectoryError):
-        sha256_tree(folder / "saved_model.pb")
 
 
 # ----------------------------------------------------------------------------- exports

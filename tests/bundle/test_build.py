@@ -55,7 +55,7 @@ from hms_offline.digests import sha256_tree
 from hms_offline.features.spectrogram import VIEW_NAME, VIEW_PARAMS
 from hms_offline.models.manifest import EXPORT_KINDS, FORMAT_VERSION, export_problem, load_manifest, manifest_problems
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT
 sys.path.insert(0, str(REPO_ROOT))  # build_bundle.py, the command line
 import build_bundle  # noqa: E402
 

@@ -1,6 +1,5 @@
 """The kernel script's own logic: finding folders on Kaggle, choosing wheels to install."""
 
-import importlib.util
 import json
 import logging
 import subprocess
@@ -9,17 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from hms_offline.bundle.build import COMPETITION_SLUG as SLUG
+
 from conftest import REPO_ROOT
-
-SLUG = "hms-harmful-brain-activity-classification"
-
-
-@pytest.fixture(scope="module")
-def kernel():
-    spec = importlib.util.spec_from_file_location("hms_kernel", REPO_ROOT / "kernel" / "inference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def make_competition(folder):
@@ -227,12 +218,6 @@ def test_a_damaged_lock_costs_only_the_keras_engine_and_is_named_not_a_traceback
     assert "Traceback" not in result.stderr + result.stdout
 
 
-def test_the_kernels_engine_names_are_the_packages(kernel):
-    from hms_offline.models.engines import AUTO, ENGINE_NAMES
-
-    assert kernel.ENGINES == (AUTO, *ENGINE_NAMES)
-
-
 def test_runs_from_a_notebook_cell_without_file_and_with_ipykernel_arguments(tmp_path, monkeypatch):
     """Pasted into a Kaggle notebook cell: no __file__, and sys.argv holds ipykernel's flags."""
     namespace = {"__name__": "kernel_in_a_cell"}
@@ -244,18 +229,16 @@ def test_runs_from_a_notebook_cell_without_file_and_with_ipykernel_arguments(tmp
     assert namespace["import_hms_offline"](tmp_path).__name__ == "hms_offline"
 
 
-def test_hms_offline_is_imported_from_the_bundles_wheel_without_installing_it(tmp_path):
+def test_hms_offline_is_imported_from_the_bundles_wheel_without_installing_it(package_wheel):
     """The kernel puts the bundle's pure-Python hms_offline wheel on sys.path (zipimport):
-    it is preferred over an installed copy, and nothing is installed."""
-    from hms_offline.bundle.package import build_package_wheel, read_source_state
-
-    (tmp_path / "wheels").mkdir()
-    wheel = build_package_wheel(REPO_ROOT, read_source_state(REPO_ROOT), tmp_path / "wheels")
+    it is preferred over an installed copy, and nothing is installed; what the kernel imports
+    of it (hms_offline.serving.inference) comes from the wheel too."""
+    wheel, bundle = package_wheel, package_wheel.parent.parent
     probe = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('k', sys.argv[1]); "
              "k = importlib.util.module_from_spec(spec); spec.loader.exec_module(k); "
              "m = k.import_hms_offline(__import__('pathlib').Path(sys.argv[2])); "
-             "import hms_offline.serving.submission as s; print(m.__version__, m.__file__, s.__file__)")
-    result = subprocess.run([sys.executable, "-c", probe, str(REPO_ROOT / "kernel" / "inference.py"), str(tmp_path)],
+             "import hms_offline.serving.inference as s; print(m.__version__, m.__file__, s.__file__)")
+    result = subprocess.run([sys.executable, "-c", probe, str(REPO_ROOT / "kernel" / "inference.py"), str(bundle)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     version, package_file, submodule_file = result.stdout.split()

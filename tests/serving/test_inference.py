@@ -279,6 +279,46 @@ def test_when_every_row_falls_back_the_default_still_writes_and_warns(synthetic_
     np.testing.assert_allclose(values, np.tile(PRIOR, (12, 1)))
 
 
+def test_a_tensorflow_older_than_the_training_one_is_a_version_warning_not_a_problem(synthetic_competition, tmp_path,
+                                                                                     caplog):
+    """Read from each model's manifest `tensorflow` (written by training): said in the log and
+    the report, and --strict still writes the submission."""
+    folder = tmp_path / "bundle"
+    folder.mkdir()
+    entries = []
+    trained = (("newer", "99.1.0"), ("also_newer", "99.1.0"), ("candidate", "3.0.0rc1"), ("older", "2.0.0"),
+               ("unknown", None))
+    for name, trained_with in trained:
+        (folder / f"{name}.weights.h5").write_bytes(name.encode())
+        entries.append(make_entry(folder / f"{name}.weights.h5", folder, arch="mobilenetv3_large", fold=0, name=name,
+                                  class_prior=PRIOR))
+        entries[-1].tensorflow = trained_with
+    write_manifest(Manifest(models=entries), folder / "weights_manifest.json")
+    report = predict_competition(synthetic_competition, folder, tmp_path / "submission.csv", strict=True,
+                                 load=fake_load)
+    runtime = report.versions["tensorflow"]
+    why = ": their exports usually run on it (2.21 on 2.20 is checked by --verify); if one fails to load or predict, " \
+          "this may be why"
+    assert report.version_warnings == [
+        f"TensorFlow {runtime} here is older than the 3.0.0rc1 that trained 1 model(s) (candidate){why}",
+        f"TensorFlow {runtime} here is older than the 99.1.0 that trained 2 model(s) (newer, also_newer){why}"]
+    assert report.problems() == [] and (tmp_path / "submission.csv").is_file()
+    assert f"version warning: {report.version_warnings[1]}" in report.lines()
+    assert report.version_warnings[1] in caplog.text
+    written = json.loads((tmp_path / "inference_report.json").read_text())
+    assert written["version_warnings"] == report.version_warnings
+
+
+def test_no_version_warning_for_an_equal_or_unknown_tensorflow():
+    from hms_offline.serving.inference_report import release, tensorflow_warnings
+
+    models = [entry("a", 1.0)]
+    models[0].tensorflow = "2.21.0"
+    assert tensorflow_warnings(models, "2.21.0") == tensorflow_warnings(models, None) == []
+    assert tensorflow_warnings(models, "2.22.0rc0") == [] and len(tensorflow_warnings(models, "2.20.0")) == 1
+    assert release("2.21.0rc1") == (2, 21, 0) and release("nightly") == ()
+
+
 @pytest.mark.parametrize("output, batch_size, message", [
     ("a_file/submission.csv", 16, "is a file, not a folder"),
     ("submission.csv", 0, "batch_size must be an integer >= 1, got 0"),
