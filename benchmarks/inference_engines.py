@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/inference_engines.py [--arch mobilenetv3_large] [--images 64] [--batch-size 16]
 
-Exports the model as the bundle does (hms_offline.export.write_exports), then runs the same
-images through each engine of hms_offline.engines (keras, saved_model, tflite), interleaved
+Exports the model as the bundle does (hms_offline.models.export.write_exports), then runs the same
+images through each engine of hms_offline.models.engines (keras, saved_model, tflite), interleaved
 over rounds so machine noise hits all alike, and prints images/s and the ratio to keras.
 """
 
@@ -17,9 +17,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
 
-from hms_offline.engines import SavedModelEngine, TFLiteEngine
-from hms_offline.export import probe_batch, write_exports
-from hms_offline.model import build_model
+from hms_offline.models.engines import SavedModelEngine, TFLiteEngine
+from hms_offline.models.export import probe_batch, write_exports
+from hms_offline.models.registry import build_model
 
 
 class KerasModel:

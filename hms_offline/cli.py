@@ -18,7 +18,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from hms_offline.synthetic import write_competition
+    from hms_offline.synthetic.write import write_competition
 
     write_competition(args.out, n_train=args.n_train, n_test=args.n_test, seed=args.seed)
     return 0
@@ -32,7 +32,7 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from hms_offline.inference import predict_competition
+    from hms_offline.serving.inference import predict_competition
 
     predict_competition(
         data_dir=args.data_dir,
@@ -47,7 +47,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _check_manifest(args: argparse.Namespace) -> int:
-    from hms_offline.manifest import manifest_problems
+    from hms_offline.models.manifest import manifest_problems
 
     problems = [problem for path in args.paths
                 for problem in manifest_problems(path, require_exports=args.require_exports)]
@@ -57,7 +57,7 @@ def _check_manifest(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from hms_offline.export import export_manifests, write_report
+    from hms_offline.models.export import export_manifests, write_report
 
     report = export_manifests(args.paths, cache=args.cache)
     write_report(report, args.out)
@@ -68,15 +68,15 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from hms_offline.config import TrainConfig
-    from hms_offline.train import train
+    from hms_offline.training.config import TrainConfig
+    from hms_offline.training.run import train
 
     train(TrainConfig.from_arguments(args))
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from hms_offline.report import compare_runs
+    from hms_offline.training.compare import compare_runs
 
     table = compare_runs(args.runs, args.out, speed_images=args.speed_images, speed_batch_size=args.speed_batch_size)
     print(table.to_string(index=False))
@@ -126,8 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", type=Path, default=Path("submission.csv"))
     predict.add_argument("--work-dir", type=Path, default=None,
                          help="scratch folder for converted spectrograms (default: a temp dir)")
-    predict.add_argument("--batch-size", type=positive_int, default=16)
-    from hms_offline.engines import AUTO, ENGINE_NAMES
+    from hms_offline.models.engines import AUTO, ENGINE_NAMES
+    from hms_offline.serving.inference import DEFAULT_BATCH_SIZE
+
+    predict.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE)
 
     predict.add_argument("--engine", choices=(AUTO, *ENGINE_NAMES), default=AUTO,
                          help="what runs the models (default auto: per model tflite, then saved_model, then "
@@ -157,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="export cache folder (default: $HMS_EXPORT_CACHE, else .cache/exports/ of this checkout)")
     export.set_defaults(handler=_export)
 
-    from hms_offline.config import add_arguments
+    from hms_offline.training.config import add_arguments
 
     train = commands.add_parser("train", help="train fold models of one architecture (resumable)")
     add_arguments(train)

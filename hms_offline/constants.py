@@ -6,8 +6,6 @@ nothing else in the package spells a class, a column or a window size.
 
 from decimal import ROUND_HALF_UP, Decimal
 
-COMPETITION_SLUG = "hms-harmful-brain-activity-classification"
-
 CLASSES = ("seizure", "lpd", "gpd", "lrda", "grda", "other")
 VOTE_COLUMNS = tuple(f"{name}_vote" for name in CLASSES)
 # `expert_consensus` in train.csv spells the classes this way.

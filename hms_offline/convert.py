@@ -14,7 +14,6 @@ A parquet file is `<id>.parquet` or `<id>.pq`, the suffix in any case; it conver
 it came from: a later run skips the file only while both still match.
 """
 
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -34,6 +33,7 @@ from tqdm import tqdm
 
 from hms_offline.atomic import atomic_output, write_text_atomically
 from hms_offline.constants import EEG_CHANNELS, SPECTROGRAM_COLUMNS
+from hms_offline.digests import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ PARQUET_SUFFIXES = (".parquet", ".pq")  # compared lower-cased
 SOURCE_SUFFIX = ".source.json"  # `<id>.npy` + this: the sidecar naming the parquet it came from
 WORKER_DIED = "the conversion worker died (killed or crashed) while reading it"
 PREVIEW_LIMIT = 5
-DIGEST_CHUNK_BYTES = 1 << 20
 
 # convert_file's signature: (parquet, .npy) -> .npy. Must be picklable (module-level).
 Worker = Callable[[Path, Path], Path]
@@ -260,12 +259,7 @@ class SourceStamp:
 
 
 def source_stamp(path: Path) -> SourceStamp:
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(DIGEST_CHUNK_BYTES):
-            digest.update(chunk)
-            size += len(chunk)
-    return SourceStamp(size=size, sha256=digest.hexdigest())
+    return SourceStamp(size=Path(path).stat().st_size, sha256=sha256_file(path))
 
 
 def sidecar_path(npy_file: Path) -> Path:

@@ -17,6 +17,17 @@ from pathlib import Path
 CHUNK = 1 << 20
 
 
+def copy_with_sha256(source: Path, destination: Path) -> str:
+    """Copy a file's bytes and return their hex sha256, from the one read: the digest is of
+    what was written, so a file that changes while it is copied cannot pass as its old self."""
+    digest = hashlib.sha256()
+    with open(source, "rb") as reader, open(destination, "wb") as writer:
+        for chunk in iter(lambda: reader.read(CHUNK), b""):
+            digest.update(chunk)
+            writer.write(chunk)
+    return digest.hexdigest()
+
+
 def sha256_file(path: Path) -> str:
     """The hex sha256 of one file's bytes."""
     digest = hashlib.sha256()

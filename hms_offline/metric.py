@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hms_offline.constants import ID_COLUMN
+from hms_offline.constants import ID_COLUMN, VOTE_COLUMNS
 
 
 class ParticipantVisibleError(ValueError):
@@ -130,6 +130,13 @@ def score_files(
         row_id_column_name,
     )
 
+
+def kl_divergence(true: np.ndarray, predicted: np.ndarray) -> float:
+    """`score` of row-aligned `[rows, 6]` arrays: true vote fractions and predicted probabilities."""
+    rows = np.arange(len(true))
+    solution = pd.DataFrame(np.asarray(true, dtype=np.float64), columns=list(VOTE_COLUMNS)).assign(row=rows)
+    submission = pd.DataFrame(np.asarray(predicted, dtype=np.float64), columns=list(VOTE_COLUMNS)).assign(row=rows)
+    return score(solution, submission, row_id_column_name="row")
 
 def _read_with_ids(path: Path, row_id_column_name: str) -> pd.DataFrame:
     frame = pd.read_csv(path)

@@ -30,15 +30,18 @@ from pathlib import Path
 
 KAGGLE_INPUT = Path("/kaggle/input")
 KAGGLE_WORKING = Path("/kaggle/working")
-MANIFEST_NAME = "weights_manifest.json"
-WHEELS_DIR = Path("wheels")  # its lock-cp3XY.json per Python, and hms_offline's own wheel
-PACKAGE_WHEEL_GLOB = "hms_offline-*.whl"
-ENGINES = ("auto", "tflite", "saved_model", "keras")  # hms_offline.engines; a test ties the two
-LOCK_FIELDS = ("name", "version", "file")
-DEFAULT_INSTALL_RULE = "missing_or_different"  # a lock entry's `install_if`, when it has none
-INSTALL_RULES = ("missing", DEFAULT_INSTALL_RULE)
 SEARCH_DEPTH = 4
-COMPETITION_SLUG = "hms-harmful-brain-activity-classification"
+# Copies of the package's facts, which this script cannot import before it has found the bundle;
+# tests/test_one_home.py ties each to its home (named after it).
+MANIFEST_NAME = "weights_manifest.json"  # hms_offline.models.manifest.MANIFEST_NAME
+COMPETITION_SLUG = "hms-harmful-brain-activity-classification"  # hms_offline.bundle.build.COMPETITION_SLUG
+ENGINES = ("auto", "tflite", "saved_model", "keras")  # hms_offline.models.engines.AUTO, ENGINE_NAMES
+DEFAULT_BATCH_SIZE = 16  # hms_offline.serving.inference.DEFAULT_BATCH_SIZE
+WHEELS_DIR = Path("wheels")  # hms_offline.bundle.wheels.WHEELS_DIR: the locks, and hms_offline's own wheel
+PACKAGE_WHEEL_GLOB = "hms_offline-*.whl"  # the wheel hms_offline.bundle.package builds
+LOCK_FIELDS = ("name", "version", "file")  # of each entry hms_offline.bundle.wheels.wheel_lock writes
+INSTALL_RULES = ("missing", "missing_or_different")  # hms_offline.bundle.wheels.INSTALL_RULES
+DEFAULT_INSTALL_RULE = "missing_or_different"  # a lock entry's `install_if`, when it has none
 BUNDLE_DATASET = None  # build_bundle.py replaces this line with the dataset id "user/slug"
 
 log = logging.getLogger("hms_kernel")
@@ -130,7 +133,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path,
                         help="scratch folder for converted test spectrograms (default: a temp dir, removed at the "
                              "end, so on Kaggle they do not land among the notebook's outputs in /kaggle/working)")
-    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--engine", choices=ENGINES, default="auto",
                         help="what runs the models (default auto: per model tflite, then saved_model, then keras; "
                              "saved_model first where a GPU is visible). Only keras installs anything")
@@ -221,7 +224,8 @@ def python_tag() -> str:
 
 
 def lock_for_this_python(bundle_dir: Path) -> Path | None:
-    """wheels/lock-cp3XY.json for this interpreter; None (said plainly) when the bundle has none."""
+    """wheels/lock-cp3XY.json for this interpreter (hms_offline.bundle.wheels.Target.lock_name);
+    None (said plainly) when the bundle has none."""
     lock_path = bundle_dir / WHEELS_DIR / f"lock-{python_tag()}.json"
     if lock_path.is_file():
         return lock_path
@@ -268,11 +272,9 @@ def install_keras_stack(bundle_dir: Path) -> list[str]:
 
 def import_hms_offline(bundle_dir: Path):
     """hms_offline from the bundle's own pure-Python wheel (put on sys.path: nothing is
-    installed), else an installed one, else a source tree in the bundle or beside this script."""
+    installed), else an installed one (a local dry run on a folder that is not a built bundle)."""
     wheels = sorted((bundle_dir / WHEELS_DIR).glob(PACKAGE_WHEEL_GLOB))
-    beside_script = [Path(globals()["__file__"]).resolve().parents[1]] if "__file__" in globals() else []
-    trees = [folder for folder in (bundle_dir, *beside_script) if (folder / "hms_offline" / "__init__.py").is_file()]
-    for candidate in (*wheels[-1:], None, *trees):
+    for candidate in (*wheels[-1:], None):
         if candidate is not None:
             sys.path.insert(0, str(candidate))
         try:
@@ -296,7 +298,7 @@ def main(argv=None) -> int:
     log.info("bundle folder: %s", args.bundle_dir)
     log.info("Python %s; engine %s", sys.version.split()[0], args.engine)
     import_hms_offline(args.bundle_dir)
-    from hms_offline.inference import predict_competition
+    from hms_offline.serving.inference import predict_competition
 
     installed = []
     try:

@@ -1,3 +1,4 @@
+import importlib.util
 import os
 from pathlib import Path
 
@@ -7,6 +8,25 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HMS_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "hms-sample"
+
+
+@pytest.fixture(scope="session")
+def kernel():
+    """kernel/inference.py as a module (Kaggle runs it as a script)."""
+    spec = importlib.util.spec_from_file_location("hms_kernel", REPO_ROOT / "kernel" / "inference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def package_wheel(tmp_path_factory) -> Path:
+    """The hms_offline wheel of this checkout, as the bundle ships it (wheels/hms_offline-*.whl)."""
+    from hms_offline.bundle.package import build_package_wheel, read_source_state
+
+    folder = tmp_path_factory.mktemp("package_wheel") / "wheels"
+    folder.mkdir()
+    return build_package_wheel(REPO_ROOT, read_source_state(REPO_ROOT), folder)
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +54,7 @@ def liven(model, seed: int) -> None:
     one random batch (momentum 0 for one training-mode call), then randomise the head."""
     import keras
 
-    from hms_offline.export import probe_batch
+    from hms_offline.models.export import probe_batch
 
     norms = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
     momenta = [layer.momentum for layer in norms]
@@ -49,8 +69,8 @@ def liven(model, seed: int) -> None:
 def save_freshly_initialised_fold_weights(folder: Path, plan: dict[str, list[int]], seed: int = 0) -> Path:
     """TEST FIXTURE, not trained models: fold weights of freshly initialised models made
     input-dependent by `liven`, saved with `save_weights`, and the weights manifest that lists them."""
-    from hms_offline.manifest import Manifest, make_entry, write_manifest
-    from hms_offline.model import build_model
+    from hms_offline.models.manifest import Manifest, make_entry, write_manifest
+    from hms_offline.models.registry import build_model
 
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
@@ -118,7 +138,7 @@ def run_offline(command: list[str], **kwargs):
 
 @pytest.fixture(scope="session")
 def synthetic_competition(tmp_path_factory) -> Path:
-    from hms_offline.synthetic import write_competition
+    from hms_offline.synthetic.write import write_competition
 
     return write_competition(tmp_path_factory.mktemp("synthetic") / "competition", n_train=60, n_test=12, seed=7)
 

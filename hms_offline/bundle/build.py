@@ -12,15 +12,18 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .common import (FORMAT_VERSION, KERNEL_SCRIPT, LOG, MANIFEST_NAME, REPO_ROOT, BundleError, human_size,
-                     sha256_of, write_json)
+from hms_offline.digests import sha256_file
+
+from .common import FORMAT_VERSION, KERNEL_SCRIPT, LOG, MANIFEST_NAME, REPO_ROOT, BundleError, human_size, write_json
 from .package import SourceState, build_package_wheel, read_source_state
 from .exports import default_export_cache, export_models, with_exports
 from .weights import as_format_2, check_with_kernel_loader, copy_weights, merged_manifest
-from .wheels import (KERNEL_WHEEL_PINS, LOCK_FORMAT_VERSION, Target, check_pins_against_image, check_wheel_sets,
-                     ensure_wheel_sets, parse_pin, parse_wheel_filename, ship_wheels, wheel_lock)
+from .wheels import (KERNEL_WHEEL_PINS, LOCK_FORMAT_VERSION, WHEELS_DIR, Target, check_pins_against_image,
+                     check_wheel_sets, ensure_wheel_sets, parse_pin, parse_wheel_filename, ship_wheels, wheel_lock)
 
-COMPETITION = "hms-harmful-brain-activity-classification"
+# The competition on Kaggle: the kernel's source beside the dataset. kernel/inference.py keeps a copy
+# (it finds the competition folder by it); tests/test_one_home.py ties the two.
+COMPETITION_SLUG = "hms-harmful-brain-activity-classification"
 DEFAULT_DATASET_SLUG = "hms-offline-bundle"
 # The kernel's one line that the build rewrites to name the dataset it ships with.
 DATASET_ID_LINE = re.compile(r"^BUNDLE_DATASET = None  # build_bundle\.py replaces this line\b[^\r\n]*$", re.MULTILINE)
@@ -58,7 +61,7 @@ def kernel_metadata(user: str, slug: str, gpu: bool) -> dict:
         "enable_gpu": gpu,
         "enable_internet": False,
         "dataset_sources": [f"{user}/{slug}"],
-        "competition_sources": [COMPETITION],
+        "competition_sources": [COMPETITION_SLUG],
     }
 
 
@@ -104,7 +107,7 @@ def dataset_readme(user: str, slug: str, version: str, source: SourceState, targ
 
 def file_inventory(folder: Path, skip: tuple[str, ...] = ()) -> list[dict]:
     return [
-        {"path": path.relative_to(folder).as_posix(), "size": path.stat().st_size, "sha256": sha256_of(path)}
+        {"path": path.relative_to(folder).as_posix(), "size": path.stat().st_size, "sha256": sha256_file(path)}
         for path in sorted(p for p in folder.rglob("*") if p.is_file())
         if path.relative_to(folder).as_posix() not in skip
     ]
@@ -190,7 +193,7 @@ def build_bundle(options: BuildOptions) -> BuildResult:
     try:
         dataset = staging / options.dataset_slug
         kernel = staging / "kernel"
-        (dataset / "wheels").mkdir(parents=True)
+        (dataset / WHEELS_DIR).mkdir(parents=True)
         kernel.mkdir()
         version, bundled = assemble_dataset(options, manifest, manifest_dir, source, wheel_sets, dataset)
         # The manifest as bundled, with its exports, as the kernel's loader reads it.
@@ -219,7 +222,7 @@ def build_bundle(options: BuildOptions) -> BuildResult:
 
 def assemble_dataset(options: BuildOptions, manifest: dict, manifest_dir: Path, source: SourceState,
                      wheel_sets: dict[Target, dict[str, Path]], dataset: Path) -> tuple[str, list[Path]]:
-    wheel_dir = dataset / "wheels"
+    wheel_dir = dataset / WHEELS_DIR
     shipped = ship_wheels(wheel_sets, wheel_dir)  # pure wheels once, binary ones per Python
     for target, files in shipped.items():
         write_json(wheel_dir / target.lock_name, wheel_lock(files, target))

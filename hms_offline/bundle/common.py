@@ -1,5 +1,9 @@
 """What every part of the bundle build shares: the repo's place, the log, the error that
-stops a build, running a tool, hashing, JSON files, sizes and paths for display."""
+stops a build, running a tool, JSON files, sizes and paths for display.
+
+bundle/ imports only the standard library and hms_offline.digests (tests/test_layout.py), so
+the few facts of the numpy side it needs are copies here and beside their use, each naming
+its home; tests/test_one_home.py ties every copy to its home."""
 
 from __future__ import annotations
 
@@ -9,15 +13,13 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from hms_offline.digests import sha256_file
-
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout holding build_bundle.py
 LOG = logging.getLogger("build_bundle")
 
 FORMAT_VERSION = 2  # of BUNDLE.json (2: versions.pythons, one lock per Python)
 PACKAGE = "hms_offline"
 KERNEL_SCRIPT = Path("kernel") / "inference.py"
-MANIFEST_NAME = "weights_manifest.json"
+MANIFEST_NAME = "weights_manifest.json"  # a copy of hms_offline.models.manifest.MANIFEST_NAME
 
 # Zip archives cannot hold timestamps before 1980; also the fixed epoch of the wheels
 # built from sdists, whose bytes then do not depend on when they were built.
@@ -44,11 +46,6 @@ def run(command: list[str], *, quiet: bool, env: dict | None = None, cwd: Path |
         output = f"\n{result.stdout[-4000:]}" if quiet and result.stdout else ""
         raise BundleError(f"{what} failed (exit code {result.returncode}): {shlex.join(command)}{output}", exit_code=1)
     return result
-
-
-def sha256_of(path: Path) -> str:
-    """The sha256 of a file's bytes (hms_offline.digests, standard library only)."""
-    return sha256_file(path)
 
 
 def write_json(path: Path, data) -> None:

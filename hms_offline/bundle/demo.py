@@ -28,6 +28,7 @@ DEMO_RUNS = {
     "mobilenetv3_large": ("--folds", "all", "--epochs", "4", "--steps-per-epoch", "8"),
     "efficientnetv2_b2": ("--folds", "0", "--epochs", "2", "--steps-per-epoch", "4"),
 }
+# Copies of hms_offline.training.run_folder.FOLDS_NAME and CV_NAME: what a run folder holds.
 FOLDS_NAME = "folds.csv"
 CV_NAME = "cv.json"
 

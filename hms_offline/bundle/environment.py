@@ -26,13 +26,16 @@ KAGGLE_BASE_SETUP = "make kaggle-base"
 MODULES_FROM_THE_BUNDLE = ("hms_offline",)
 KERNEL_TIMEOUT_SECONDS = 60 * 60
 
+# A sitecustomize.py on PYTHONPATH: every attempt to open a network connection raises, naming
+# who blocked it. The one text of the guard: tests/offline_guard/sitecustomize.py (the tests' and
+# `make kaggle-base`'s) is socket_guard(*TESTS_GUARD), tied by tests/test_one_home.py.
 SOCKET_GUARD = '''\
-"""Written by build_bundle.py --verify: any attempt to open a network connection raises."""
+"""{origin}: any attempt to open a network connection raises."""
 import socket
 
 
 def _refuse(*args, **kwargs):
-    raise OSError("network access blocked by build_bundle.py --verify")
+    raise OSError("network access blocked by {blocker}")
 
 
 socket.socket.connect = _refuse
@@ -62,6 +65,13 @@ class _Unimportable:
 
 sys.meta_path.insert(0, _Unimportable())
 '''
+VERIFY_GUARD = ("Written by build_bundle.py --verify", "build_bundle.py --verify")
+TESTS_GUARD = ("Put on PYTHONPATH by the tests and `make kaggle-base`", "the hms-offline tests")
+
+
+def socket_guard(origin: str, blocker: str) -> str:
+    """The socket guard's text: its docstring says where it came from, its error who blocked the network."""
+    return SOCKET_GUARD.format(origin=origin, blocker=blocker)
 
 
 def ask_python(python: Path, expression: str):
@@ -171,7 +181,7 @@ class NetworkBlock:
     def install(cls, guard_dir: Path, unimportable: tuple[str, ...] = ()) -> "NetworkBlock":
         """The guard folder, written; `unimportable` modules (e.g. keras_cv) raise ImportError there."""
         guard_dir.mkdir(parents=True, exist_ok=True)
-        guard = SOCKET_GUARD + (IMPORT_GUARD.format(blocked=set(unimportable)) if unimportable else "")
+        guard = socket_guard(*VERIFY_GUARD) + (IMPORT_GUARD.format(blocked=set(unimportable)) if unimportable else "")
         (guard_dir / "sitecustomize.py").write_text(guard, encoding="utf-8")
         return cls(guard_dir, unshare_works(), tuple(unimportable))
 

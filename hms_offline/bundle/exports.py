@@ -16,8 +16,9 @@ from pathlib import Path
 
 from .common import LOG, PACKAGE, REPO_ROOT, BundleError
 
-EXPORT_KINDS = ("saved_model", "tflite")  # hms_offline.manifest.EXPORT_KINDS
-CACHE_ENV = "HMS_EXPORT_CACHE"  # hms_offline.export.CACHE_ENV
+# Copies of hms_offline.models.manifest.EXPORT_KINDS and hms_offline.models.export.CACHE_ENV.
+EXPORT_KINDS = ("saved_model", "tflite")
+CACHE_ENV = "HMS_EXPORT_CACHE"
 
 
 def default_export_cache() -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .common import BundleError
 
-SUM_TOLERANCE = 1e-6  # as hms_offline.submission's (not imported: it needs numpy)
+SUM_TOLERANCE = 1e-6  # a copy of hms_offline.serving.submission.SUM_TOLERANCE (that module needs numpy)
 
 
 def read_csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:

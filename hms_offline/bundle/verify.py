@@ -14,17 +14,21 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .common import KERNEL_SCRIPT, LOG, PACKAGE, REPO_ROOT, BundleError, run, sha256_of
+from hms_offline.digests import sha256_file
+
+from .common import KERNEL_SCRIPT, LOG, PACKAGE, REPO_ROOT, BundleError, run
 from .environment import (NetworkBlock, kaggle_base_python, make_fresh_env, pip_list, pip_list_changes,
                           python_version_of, require_absent_before_install, require_not_installed)
 from .submission_check import SUM_TOLERANCE, check_submission, read_csv_rows
-from .wheels import DEFAULT_PLATFORM, parse_target
+from .wheels import DEFAULT_PLATFORM, WHEELS_DIR, parse_target
 
 # The sample test data --verify generates when no --verify-data is given.
 VERIFY_SYNTHETIC = {"n_train": 6, "n_test": 8, "seed": 0}
 KERNEL_SUMMARY_RULE = "=" * 60  # kernel/inference.py prints its summary below this line
-REPORT_NAME = "inference_report.json"  # hms_offline.inference_report.REPORT_NAME, beside the submission
-VERIFY_ENGINES = ("auto", "tflite", "saved_model", "keras")  # the kernel's --engine choices
+# Copies: hms_offline.serving.inference_report.REPORT_NAME (written beside the submission), and the
+# kernel's --engine choices, hms_offline.models.engines.AUTO and ENGINE_NAMES.
+REPORT_NAME = "inference_report.json"
+VERIFY_ENGINES = ("auto", "tflite", "saved_model", "keras")
 # The kernel's predictions against the training stack's Keras predictions on the same
 # weights: the exports are proven at build time within 1e-5 (SavedModel) and 1e-4 (TFLite).
 PREDICTION_TOLERANCE = 1e-4
@@ -35,7 +39,7 @@ WITHOUT_KERAS_CV = ("keras_cv",)
 def find_built_bundle(dist: Path, slug: str) -> tuple[Path, Path]:
     """The dataset folder (the one holding wheels/lock-cp3XY.json) and kernel/inference.py of a build in `dist`."""
     kernel = dist / "kernel" / "inference.py"
-    datasets = sorted({lock.parent.parent for lock in dist.glob("*/wheels/lock-cp*.json")})
+    datasets = sorted({lock.parent.parent for lock in dist.glob(f"*/{WHEELS_DIR}/lock-cp*.json")})
     if not kernel.is_file() or not datasets:
         raise BundleError(f"{dist} holds no built bundle (kernel/inference.py and <dataset>/wheels/lock-cp3XY.json): "
                           f"build one first with python build_bundle.py --kaggle-user USER --out {dist}")
@@ -48,10 +52,10 @@ def find_built_bundle(dist: Path, slug: str) -> tuple[Path, Path]:
 
 def require_lock_for(dataset: Path, python_version: str) -> Path:
     """The dataset's lock for the base's Python: the kernel there would read no other."""
-    lock = dataset / "wheels" / parse_target(python_version, DEFAULT_PLATFORM).lock_name
+    lock = dataset / WHEELS_DIR / parse_target(python_version, DEFAULT_PLATFORM).lock_name
     if not lock.is_file():
-        shipped = sorted(path.name for path in (dataset / "wheels").glob("lock-cp*.json"))
-        raise BundleError(f"the Kaggle-shaped base runs CPython {python_version}, and {dataset / 'wheels'} has no "
+        shipped = sorted(path.name for path in (dataset / WHEELS_DIR).glob("lock-cp*.json"))
+        raise BundleError(f"the Kaggle-shaped base runs CPython {python_version}, and {dataset / WHEELS_DIR} has no "
                           f"{lock.name} (it ships {', '.join(shipped)}): rebuild with --python-version {python_version}")
     return lock
 
@@ -115,7 +119,7 @@ def kernel_summary(output: str) -> str:
 
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file under `folder` with its sha256."""
-    return {path.relative_to(folder).as_posix(): sha256_of(path) for path in sorted(folder.rglob("*")) if path.is_file()}
+    return {path.relative_to(folder).as_posix(): sha256_file(path) for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
 def run_kernel(python: Path, work: Path, bundle: Path, data: Path, block: NetworkBlock, *, engine: str,

@@ -1,10 +1,9 @@
 """The weights manifest: checked by the kernel's own loader, then read as plain JSON
-(hms_offline.manifest imports numpy), merged, brought to format 2, and its weight files and
+(hms_offline.models.manifest imports numpy), merged, brought to format 2, and its weight files and
 exports copied, digest-checked, into the dataset."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -13,11 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hms_offline.digests import sha256_tree
+from hms_offline.digests import copy_with_sha256, sha256_file, sha256_tree
 
-from .common import LOG, BundleError, human_size, sha256_of, write_json
+from .common import LOG, BundleError, human_size, write_json
 
-MANIFEST_FORMAT = 2  # hms_offline.manifest.FORMAT_VERSION: what the bundle ships
+MANIFEST_FORMAT = 2  # what the bundle ships: a copy of hms_offline.models.manifest.FORMAT_VERSION
 
 
 def check_with_kernel_loader(paths: list[Path], repo: Path, require_exports: bool = False) -> None:
@@ -83,7 +82,7 @@ def check_weight_files(manifest: dict, manifest_dir: Path) -> None:
         path = manifest_dir / model["file"]
         if not path.is_file():
             raise BundleError(f"model {model['name']!r}: weight file {path} is missing")
-        actual = sha256_of(path)
+        actual = sha256_file(path)
         if actual != model["sha256"]:
             raise BundleError(f"model {model['name']!r}: weight file {path} has sha256 {actual}, "
                               f"the manifest says {model['sha256']}")
@@ -153,19 +152,16 @@ def copy_tree(source: Path, destination: Path) -> None:
 
 
 def copy_and_hash(source: Path, destination: Path) -> str:
-    digest = hashlib.sha256()
-    with open(source, "rb") as reader, open(destination, "wb") as writer:
-        for chunk in iter(lambda: reader.read(1 << 22), b""):
-            digest.update(chunk)
-            writer.write(chunk)
+    """Copy a file (mode 644) and return the sha256 of the bytes written."""
+    digest = copy_with_sha256(source, destination)
     destination.chmod(0o644)
-    return digest.hexdigest()
+    return digest
 
 
 def as_format_2(manifest: dict) -> dict:
     """A format-1 manifest (one top-level `preprocessing` for every model) as format 2 (each
     model's `input`, placed after its sha256); a format-2 one as it is. The kernel's loader
-    reads both (hms_offline.manifest); the bundle ships format 2."""
+    reads both (hms_offline.models.manifest); the bundle ships format 2."""
     version = manifest.get("format_version")
     if version == MANIFEST_FORMAT:
         return manifest

@@ -13,7 +13,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import LOG, REPO_ROOT, ZIP_EPOCH, BundleError, run, sha256_of
+from hms_offline.digests import sha256_file
+
+from .common import LOG, REPO_ROOT, ZIP_EPOCH, BundleError, run
 from .kaggle_image import ImagePins, PinsError, read_image_pins
 from .requirements import (Requirement, RequirementError, read_wheel_metadata, specifier_contains,
                            target_environment)
@@ -25,6 +27,7 @@ DEFAULT_PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
 DEFAULT_PLATFORM = "manylinux2014_x86_64"
 DEFAULT_WHEEL_CACHE = REPO_ROOT / ".cache" / "wheels"
 LOCK_FORMAT_VERSION = 2  # 1 was the single wheels/lock.json, for one Python, without `why`
+WHEELS_DIR = "wheels"  # the dataset's folder of wheels and their locks (Target.lock_name)
 
 # What the kernel installs for the keras engine only (from the bundle, `pip install
 # --no-index --no-deps`), and only what the image lacks: keras-cv and keras themselves, and
@@ -91,7 +94,9 @@ WHY_SHIPPED = {
 # the entry's `why` and the kernel's log. None needs it today: the image's keras 3.13.2,
 # dm-tree 0.1.10 and tensorflow-datasets 4.9.9 all work (see WHY_SHIPPED).
 REPLACE_OTHER_VERSIONS: dict[str, str] = {}
-INSTALL_RULES = ("missing", "missing_or_different")
+KEEP_INSTALLED = "missing"  # the `install_if` words of a lock entry
+REPLACE_OTHER_VERSION = "missing_or_different"
+INSTALL_RULES = (KEEP_INSTALLED, REPLACE_OTHER_VERSION)
 
 # Never bundled, and never to be reinstalled by the kernel: Kaggle's base image provides
 # them, and TensorFlow's compiled binaries (and pandas', scikit-learn's, ...) are built
@@ -312,8 +317,8 @@ def install_rule(name: str) -> tuple[str, str]:
     """The kernel's `install_if` for a package and the `why` beside it."""
     why = WHY_SHIPPED.get(name, "")
     if name in REPLACE_OTHER_VERSIONS:
-        return "missing_or_different", f"{why}; REPLACES another installed version: {REPLACE_OTHER_VERSIONS[name]}"
-    return "missing", f"{why}; installed only where the image lacks it (any installed version is kept)"
+        return REPLACE_OTHER_VERSION, f"{why}; REPLACES another installed version: {REPLACE_OTHER_VERSIONS[name]}"
+    return KEEP_INSTALLED, f"{why}; installed only where the image lacks it (any installed version is kept)"
 
 
 def wheel_lock(wheels: list[Path], target: Target) -> dict:
@@ -322,7 +327,7 @@ def wheel_lock(wheels: list[Path], target: Target) -> dict:
     for path in wheels:
         wheel = parse_wheel_filename(path.name)
         install_if, why = install_rule(wheel.name)
-        packages.append({"name": wheel.name, "version": wheel.version, "file": path.name, "sha256": sha256_of(path),
+        packages.append({"name": wheel.name, "version": wheel.version, "file": path.name, "sha256": sha256_file(path),
                          "install_if": install_if, "why": why})
     return {"format_version": LOCK_FORMAT_VERSION, "python_version": target.python_version,
             "platform": target.platform, "packages": sorted(packages, key=lambda p: p["name"])}
@@ -401,7 +406,7 @@ def requirement_problem(requirement: Requirement, in_lock: dict, in_image: dict,
     problems = []
     if package is not None and spec and not specifier_contains(spec, package["version"]):
         problems.append(f"the lock has {package['name']} {package['version']}")
-    image_copy_used = pinned is not None and (package is None or package["install_if"] == "missing")
+    image_copy_used = pinned is not None and (package is None or package["install_if"] == KEEP_INSTALLED)
     if image_copy_used and spec and image_python and pinned.version and not specifier_contains(spec, pinned.version):
         problems.append(f"the image has {pinned.name} {pinned.version}, which the kernel keeps")
     if problems:

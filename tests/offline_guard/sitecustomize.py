@@ -1,5 +1,4 @@
-"""Put on PYTHONPATH by the tests: any attempt to open a network connection raises."""
-
+"""Put on PYTHONPATH by the tests and `make kaggle-base`: any attempt to open a network connection raises."""
 import socket
 
 

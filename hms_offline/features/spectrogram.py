@@ -1,0 +1,83 @@
+"""THE spectrogram -> model-input transform, shared by training and inference.
+
+It reproduces the KerasCV starter: cut a 300-column window (by label offset, or the
+centre of the recording when no offset is known), right-pad with zeros, clip to
+[exp(-4), exp(8)], take the log, standardise per sample, tile to 3 channels.
+"""
+
+import numpy as np
+
+from hms_offline.constants import (
+    IMAGE_CHANNELS,
+    IMAGE_HEIGHT,
+    LOG_CLIP_MAX_EXPONENT,
+    LOG_CLIP_MIN_EXPONENT,
+    SPECTROGRAM_STEP_SECONDS,
+    STANDARDIZE_EPSILON,
+    WINDOW_COLUMNS,
+)
+
+# This transform as an input view (features/views.py): its name and parameters are recorded in
+# every weights manifest entry, and the kernel refuses a model trained with other ones.
+VIEW_NAME = "starter_log_standardize"
+VIEW_PARAMS = {
+    "window_columns": WINDOW_COLUMNS,
+    "offset_divisor_seconds": SPECTROGRAM_STEP_SECONDS,
+    "clip_min_exponent": LOG_CLIP_MIN_EXPONENT,
+    "clip_max_exponent": LOG_CLIP_MAX_EXPONENT,
+    "epsilon": STANDARDIZE_EPSILON,
+    "channels": IMAGE_CHANNELS,
+}
+
+
+def window_start(n_columns: int, offset_seconds: float | None) -> int:
+    """First column of the 300-column window.
+
+    With a label offset it is `offset // 2` as in the starter; without one, a recording
+    of 300 columns or fewer starts at 0 and a longer one is centred.
+    """
+    if offset_seconds is None:
+        return max(0, (n_columns - WINDOW_COLUMNS) // 2)
+    if offset_seconds < 0:
+        raise ValueError(f"offset_seconds must be >= 0, got {offset_seconds}")
+    return int(offset_seconds // SPECTROGRAM_STEP_SECONDS)
+
+
+def cut_window(spectrogram: np.ndarray, offset_seconds: float | None = None) -> np.ndarray:
+    """`[400, T]` power spectrogram -> `[400, 300]` window, right-padded with zeros."""
+    if spectrogram.ndim != 2 or spectrogram.shape[0] != IMAGE_HEIGHT:
+        raise ValueError(f"expected a [{IMAGE_HEIGHT}, T] spectrogram, got shape {spectrogram.shape}")
+    start = window_start(spectrogram.shape[1], offset_seconds)
+    window = spectrogram[:, start : start + WINDOW_COLUMNS].astype(np.float32, copy=False)
+    pad = WINDOW_COLUMNS - window.shape[1]
+    if pad > 0:
+        window = np.pad(window, ((0, 0), (0, pad)))
+    return window
+
+
+def log_standardize(window: np.ndarray) -> np.ndarray:
+    """Clip, log, and standardise one window by its own mean and standard deviation.
+
+    A NaN counts as no power, as conversion fills it with 0; +-inf is clipped like any
+    value, so the output is finite for any input."""
+    power = np.nan_to_num(window, nan=0.0, posinf=np.inf, neginf=-np.inf)
+    clipped = np.clip(power, np.exp(LOG_CLIP_MIN_EXPONENT), np.exp(LOG_CLIP_MAX_EXPONENT))
+    logged = np.log(clipped).astype(np.float32)
+    return ((logged - logged.mean()) / (logged.std() + STANDARDIZE_EPSILON)).astype(np.float32)
+
+
+def tile_channels(image: np.ndarray) -> np.ndarray:
+    """`[H, W]` -> `[H, W, 3]`, the shape ImageNet-style backbones take."""
+    return np.repeat(image[..., None], IMAGE_CHANNELS, axis=-1)
+
+
+def model_input(spectrogram: np.ndarray, offset_seconds: float | None = None) -> np.ndarray:
+    """`[400, T]` spectrogram (+ optional label offset in seconds) -> `[400, 300, 3]` float32."""
+    return tile_channels(log_standardize(cut_window(spectrogram, offset_seconds)))
+
+
+def signal_fraction(spectrogram: np.ndarray) -> float:
+    """The share of the model window's cells that hold power (finite and > 0): 0 for an
+    empty, all-NaN (filled with 0) or all-inf recording, whose image would be constant."""
+    window = cut_window(spectrogram)
+    return float(np.count_nonzero(np.isfinite(window) & (window > 0)) / window.size)

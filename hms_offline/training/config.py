@@ -1,0 +1,238 @@
+"""Every training hyperparameter in one typed object.
+
+`TrainConfig` is the single source of the `train` command's flags (names, defaults, help)
+and of the `config.json` written next to the weights: its *resolved* form, where every
+"automatic" value is replaced by the number actually used, so a checkpoint describes itself.
+"""
+
+import argparse
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hms_offline.models.registry import ARCHITECTURES, check_arch
+
+LABEL_MODES = ("fractions", "consensus")
+SAMPLINGS = ("eeg_random_window", "spectrogram_first")
+MIXED_PRECISION_MODES = ("auto", "on", "off")
+PROGRESS_MODES = {"bar": 1, "epoch": 2, "off": 0}  # -> Keras `fit(verbose=...)`
+
+# The starter's learning-rate rule: peak = 6e-6 x batch size (3.84e-4 at batch 64).
+PEAK_LEARNING_RATE_PER_SAMPLE = 6e-6
+
+# From random weights, MobileNetV3's own BatchNormalization momentum (0.999) leaves its
+# moving statistics far from the batch statistics for thousands of steps, so validation and
+# inference lag training; EfficientNetV2's own (0.9) is below the cap and stays.
+FROM_SCRATCH_BN_MOMENTUM = 0.99
+
+# Fields that may differ when a run folder is trained again (resumed or extended by folds).
+RESUMABLE_DIFFERENCES = frozenset(
+    {"data_dir", "out", "work_dir", "spectrogram_dir", "folds", "folds_file", "progress"}
+)
+
+
+def _option(default, help: str, **argparse_options):
+    return field(default=default, metadata={"help": help, **argparse_options})
+
+
+def _required(help: str):
+    return field(metadata={"help": help})
+
+
+def parse_folds(text: str) -> list[int] | None:
+    """`all` -> None (every fold); `0,2` -> [0, 2]."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        folds = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--folds takes 'all' or fold numbers like '0,2', got {text!r}") from None
+    if not folds:
+        raise argparse.ArgumentTypeError("--folds is empty")
+    return folds
+
+
+@dataclass
+class TrainConfig:
+    data_dir: Path = _required("competition folder: train.csv + train_spectrograms/ (read only)")
+    out: Path = _required("run folder: weights, folds.csv, out-of-fold predictions, reports")
+    arch: str = _option("mobilenetv3_large", "backbone from the model registry", choices=tuple(ARCHITECTURES))
+    folds: list[int] | None = _option(
+        None, "folds to train: 'all' (default) or e.g. '0,2'", parse=parse_folds, metavar="all|0,2"
+    )
+    n_splits: int = _option(5, "number of StratifiedGroupKFold folds")
+    fold_seed: int = _option(42, "StratifiedGroupKFold random_state")
+    folds_file: Path | None = _option(
+        None, "reuse another run's folds.csv so out-of-fold predictions line up"
+    )
+    epochs: int = _option(13, "epochs per fold")
+    batch_size: int = _option(64, "global batch size (split across replicas)")
+    labels: str = _option(
+        "fractions", "training targets: vote fractions, or the starter's one-hot consensus",
+        choices=LABEL_MODES,
+    )
+    sampling: str = _option(
+        "eeg_random_window",
+        "training windows per epoch: one random labelled window per eeg_id, or the "
+        "starter's first row per spectrogram_id",
+        choices=SAMPLINGS,
+    )
+    initial_learning_rate: float = _option(5e-5, "learning rate at step 0 (warm-up start)")
+    peak_learning_rate: float | None = _option(
+        None, f"learning rate at the end of warm-up (default: {PEAK_LEARNING_RATE_PER_SAMPLE:g} x batch size)"
+    )
+    final_learning_rate: float = _option(1e-5, "learning rate the cosine decay ends at")
+    warmup_epochs: float = _option(3.0, "epochs of linear warm-up (may be fractional)")
+    mixup_p: float = _option(0.5, "probability a training batch gets keras-cv MixUp")
+    mixup_alpha: float = _option(2.0, "MixUp alpha")
+    time_mask_p: float = _option(0.5, "probability of a keras-cv RandomCutout time mask")
+    freq_mask_p: float = _option(0.5, "probability of a keras-cv RandomCutout frequency mask")
+    bn_momentum: float | None = _option(
+        None,
+        "cap on every BatchNormalization momentum (default: "
+        f"{FROM_SCRATCH_BN_MOMENTUM} from random weights, the backbone's own with --pretrained; "
+        "MobileNetV3's own 0.999 needs thousands of steps before its moving statistics fit)",
+    )
+    pretrained: Path | None = _option(
+        None, "local keras-cv preset folder (or attached Kaggle Model) with backbone weights; never downloaded"
+    )
+    include_rescaling: bool = _option(
+        True, "keep the backbone's Rescaling(1/255) input layer (keras-cv preset default)",
+        action=argparse.BooleanOptionalAction,
+    )
+    seed: int = _option(42, "seed for sampling, augmentation and initialisation")
+    max_samples: int | None = _option(None, "use at most this many train.csv rows (smoke runs)")
+    steps_per_epoch: int | None = _option(
+        None, "training batches per epoch (default: one pass over the sampled windows)"
+    )
+    work_dir: Path | None = _option(
+        None, "where converted .npy spectrograms go (default: ~/.cache/hms_offline/<data-dir>-<hash>)"
+    )
+    spectrogram_dir: Path | None = _option(
+        None, "folder of already converted <spectrogram_id>.npy files; skips conversion"
+    )
+    mixed_precision: str = _option(
+        "auto", "mixed precision: auto = on with a GPU or TPU", choices=MIXED_PRECISION_MODES
+    )
+    progress: str = _option(
+        "bar", "Keras progress: a bar, one line per epoch, or off", choices=tuple(PROGRESS_MODES)
+    )
+
+    def resolved(self) -> "TrainConfig":
+        """Absolute paths, the peak learning rate filled in; checks every value."""
+        paths = {
+            f.name: Path(getattr(self, f.name)).expanduser().resolve()
+            for f in dataclasses.fields(self)
+            if _is_path(f.name) and getattr(self, f.name) is not None
+        }
+        config = dataclasses.replace(self, **paths)
+        if config.peak_learning_rate is None:
+            config.peak_learning_rate = PEAK_LEARNING_RATE_PER_SAMPLE * config.batch_size
+        if config.bn_momentum is None and config.pretrained is None:
+            config.bn_momentum = FROM_SCRATCH_BN_MOMENTUM
+        config._check()
+        return config
+
+    def _check(self) -> None:
+        """Every value in range (for a resolved config: the peak learning rate is set)."""
+        check_arch(self.arch)
+        positive = ("n_splits", "epochs", "batch_size", "max_samples", "steps_per_epoch")
+        for name in positive:
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.n_splits < 2:
+            raise ValueError(f"n_splits must be >= 2, got {self.n_splits}")
+        if self.folds is not None and not all(0 <= fold < self.n_splits for fold in self.folds):
+            raise ValueError(f"folds {self.folds} must lie in 0..{self.n_splits - 1}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must be >= 0 and less than epochs ({self.epochs})"
+            )
+        for name in ("mixup_p", "time_mask_p", "freq_mask_p"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
+        if self.bn_momentum is not None and not 0 <= self.bn_momentum < 1:
+            raise ValueError(f"bn_momentum must be in [0, 1), got {self.bn_momentum}")
+        if not 0 < self.final_learning_rate <= self.peak_learning_rate:
+            raise ValueError(
+                f"final_learning_rate ({self.final_learning_rate}) must be > 0 and "
+                f"<= peak_learning_rate ({self.peak_learning_rate})"
+            )
+        if self.initial_learning_rate < 0:
+            raise ValueError(f"initial_learning_rate must be >= 0, got {self.initial_learning_rate}")
+
+    def fold_list(self) -> list[int]:
+        return list(range(self.n_splits)) if self.folds is None else list(self.folds)
+
+    def to_json(self) -> str:
+        values = {
+            name: str(value) if isinstance(value, Path) else value
+            for name, value in dataclasses.asdict(self).items()
+        }
+        return json.dumps(values, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        raw = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"unknown config fields {unknown}")
+        return cls(**{name: _from_json_value(name, value) for name, value in raw.items()})
+
+    @classmethod
+    def from_arguments(cls, arguments: argparse.Namespace) -> "TrainConfig":
+        return cls(**{f.name: getattr(arguments, f.name) for f in dataclasses.fields(cls)})
+
+    def differences(self, other: "TrainConfig", ignore=RESUMABLE_DIFFERENCES) -> dict[str, tuple]:
+        """{field: (self's value, other's value)} for the fields that differ."""
+        return {
+            f.name: (getattr(self, f.name), getattr(other, f.name))
+            for f in dataclasses.fields(self)
+            if f.name not in ignore and getattr(self, f.name) != getattr(other, f.name)
+        }
+
+
+def _hints() -> dict:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _is_path(name: str) -> bool:
+    hint = _hints()[name]
+    return hint is Path or Path in typing.get_args(hint)
+
+
+def _from_json_value(name: str, value):
+    return Path(value) if value is not None and _is_path(name) else value
+
+
+def _argument_type(hint):
+    """The argparse `type` for a field annotation such as `int | None` or `Path`."""
+    options = [arg for arg in typing.get_args(hint) if arg is not type(None)] or [hint]
+    return options[0]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field: `--batch-size` for `batch_size`, defaults from the dataclass."""
+    hints = _hints()
+    for f in dataclasses.fields(TrainConfig):
+        metadata = dict(f.metadata)
+        options = {"help": metadata.pop("help")}
+        parse = metadata.pop("parse", None)
+        if f.default is dataclasses.MISSING:
+            options["required"] = True
+        else:
+            options["default"] = f.default
+            if f.default is not None and "default" not in options["help"]:
+                options["help"] += " (default: %(default)s)"
+        if metadata.get("action") is None:
+            options["type"] = parse or _argument_type(hints[f.name])
+        options.update(metadata)
+        parser.add_argument("--" + f.name.replace("_", "-"), **options)
+
+
+def read_config(path: Path) -> TrainConfig:
+    return TrainConfig.from_json(Path(path).read_text())

@@ -1,0 +1,197 @@
+"""One fold: its training and validation rows, the compiled model, `fit` with the checkpoint
+callback, and, once trained, the fold's files: the best weights, out-of-fold predictions,
+history, config and, last, summary.json."""
+
+import dataclasses
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from hms_offline.atomic import write_text_atomically
+from hms_offline.models.registry import build_model
+from hms_offline.training.augmentations import build_augmenter
+from hms_offline.training.checkpoint import FoldCheckpoint
+from hms_offline.training.config import PROGRESS_MODES, TrainConfig
+from hms_offline.training.data import WindowTable, window_dataset
+from hms_offline.training.labels import (
+    epoch_stream, first_row_per_eeg, make_sampler, prior, training_targets, vote_fractions,
+)
+from hms_offline.training.run_folder import (CHECKPOINT_DIR, CONFIG_NAME, FOLD_SUMMARY_NAME, HISTORY_NAME,
+                                             OOF_ID_COLUMNS, OOF_NAME, PREDICTED_COLUMNS, TRUE_COLUMNS, fold_dir,
+                                             weights_name, write_csv, write_json)
+from hms_offline.training.schedule import schedule_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class FoldData:
+    train_rows: pd.DataFrame
+    validation_rows: pd.DataFrame  # one window per eeg_id
+    sampler: object
+    steps_per_epoch: int
+
+
+def split_fold(config: TrainConfig, labels: pd.DataFrame, fold: int) -> FoldData:
+    train_rows = labels[labels["fold"] != fold].reset_index(drop=True)
+    held_out = labels[labels["fold"] == fold].reset_index(drop=True)
+    validation_rows = held_out.iloc[first_row_per_eeg(held_out)].reset_index(drop=True)
+    if train_rows.empty or validation_rows.empty:
+        raise ValueError(
+            f"fold {fold}: {len(train_rows)} training and {len(validation_rows)} validation rows; "
+            "too few train.csv rows for the folds (see --max-samples)"
+        )
+    sampler = make_sampler(config.sampling, train_rows, config.seed + fold)
+    steps = config.steps_per_epoch or max(1, sampler.rows_per_epoch // config.batch_size)
+    return FoldData(train_rows, validation_rows, sampler, steps)
+
+
+def train_fold(config: TrainConfig, labels: pd.DataFrame, folder: Path, fold: int, strategy) -> None:
+    directory = fold_dir(config.out, fold)
+    data = split_fold(config, labels, fold)
+    fold_config = dataclasses.replace(config, folds=[fold], steps_per_epoch=data.steps_per_epoch)
+    checkpoint = FoldCheckpoint(directory / CHECKPOINT_DIR, fold, fold_config)
+    keras.utils.set_random_seed(config.seed + fold)
+    with strategy.scope():
+        model = training_model(fold_config)
+        checkpoint.restore(model)
+    warn_if_batch_statistics_lag(model, fold_config)
+    log.info(
+        "fold %d: %d training rows (%d windows per epoch, %s), %d validation EEGs; "
+        "%d steps x batch %d for epochs %d..%d of %d",
+        fold, len(data.train_rows), data.sampler.rows_per_epoch, config.sampling, len(data.validation_rows),
+        data.steps_per_epoch, config.batch_size, checkpoint.completed_epochs + 1, config.epochs, config.epochs,
+    )
+    validation = validation_dataset(config, folder, data.validation_rows)
+    if checkpoint.completed_epochs < config.epochs:
+        model.fit(
+            training_dataset(config, folder, data, checkpoint.completed_epochs),
+            validation_data=validation,
+            epochs=config.epochs,
+            initial_epoch=checkpoint.completed_epochs,
+            steps_per_epoch=data.steps_per_epoch,
+            callbacks=[checkpoint],
+            shuffle=False,  # the sampler already shuffled each epoch
+            verbose=PROGRESS_MODES[config.progress],
+        )
+    finish_fold(fold_config, data, validation, checkpoint, model)
+
+
+def training_model(config: TrainConfig):
+    """The compiled classifier: Adam on the warm-up + cosine schedule, KLDivergence loss."""
+    model = build_model(config.arch, include_rescaling=config.include_rescaling, pretrained=config.pretrained)
+    if config.bn_momentum is not None:
+        for layer in batch_normalization_layers(model):
+            layer.momentum = min(layer.momentum, config.bn_momentum)
+    optimizer = keras.optimizers.Adam(learning_rate=schedule_for(config, config.steps_per_epoch))
+    model.compile(optimizer=optimizer, loss=keras.losses.KLDivergence())
+    return model
+
+
+def batch_normalization_layers(layer):
+    if isinstance(layer, keras.layers.BatchNormalization):
+        yield layer
+    for child in getattr(layer, "layers", ()):
+        yield from batch_normalization_layers(child)
+
+
+def warn_if_batch_statistics_lag(model, config: TrainConfig) -> None:
+    """From random weights, BatchNormalization moving statistics start at mean 0, variance 1
+    while the true input variance of the first layer is ~4e-6 (standardised input / 255):
+    until momentum ** steps is tiny, inference-mode predictions (validation, OOF, the kernel)
+    lag far behind training."""
+    if config.pretrained is not None:
+        return
+    momentum = max((layer.momentum for layer in batch_normalization_layers(model)), default=0.0)
+    remaining = momentum ** (config.epochs * config.steps_per_epoch)
+    if remaining > 0.01:
+        log.warning(
+            "BatchNormalization momentum %g over %d steps keeps %.0f%% of the initial moving statistics: "
+            "from random weights, validation predictions will lag training; consider a lower --bn-momentum",
+            momentum, config.epochs * config.steps_per_epoch, 100 * remaining,
+        )
+
+
+def training_dataset(config: TrainConfig, folder: Path, data: FoldData, first_epoch: int):
+    table = WindowTable(folder, data.train_rows, training_targets(data.train_rows, config.labels))
+    positions = epoch_stream(data.sampler, first_epoch, config.epochs, data.steps_per_epoch * config.batch_size)
+    augment = build_augmenter(config.mixup_p, config.mixup_alpha, config.time_mask_p, config.freq_mask_p, config.seed)
+    return window_dataset(table, positions, config.batch_size, drop_remainder=True, augment=augment)
+
+
+def validation_dataset(config: TrainConfig, folder: Path, rows: pd.DataFrame):
+    """Validation always scores vote fractions, the metric's target, whatever --labels says."""
+    table = WindowTable(folder, rows, vote_fractions(rows))
+    return window_dataset(table, np.arange(len(rows)), config.batch_size, drop_remainder=False)
+
+
+def finish_fold(config: TrainConfig, data: FoldData, validation, checkpoint: FoldCheckpoint, model) -> None:
+    """Best weights (without optimizer state), out-of-fold predictions, history, config and,
+    last, summary.json; then the checkpoint is removed."""
+    fold = config.folds[0]
+    directory = fold_dir(config.out, fold)
+    state = checkpoint.state
+    if state["best"] is None:
+        raise RuntimeError(f"fold {fold}: no epoch reached a finite val_loss; nothing to keep")
+    inference_model = build_model(config.arch, include_rescaling=config.include_rescaling)
+    inference_model.load_weights(checkpoint.directory / state["best"])
+    weights = directory / weights_name(config.arch, fold)
+    save_weights_atomically(inference_model, weights)
+    probabilities = predict_probabilities(inference_model, validation)
+    write_csv(oof_frame(data.validation_rows, fold, probabilities), directory / OOF_NAME)
+    write_csv(pd.DataFrame(state["history"]), directory / HISTORY_NAME)
+    write_text_atomically(directory / CONFIG_NAME, config.to_json())
+    summary = {
+        "fold": fold,
+        "arch": config.arch,
+        "weights": weights.name,
+        "best_epoch": state["best_epoch"],
+        "best_val_loss": state["best_val_loss"],
+        "epochs": state["epoch"],
+        "train_rows": len(data.train_rows),
+        "windows_per_epoch": data.sampler.rows_per_epoch,
+        "validation_rows": len(data.validation_rows),
+        "steps_per_epoch": data.steps_per_epoch,
+        "prior": prior(vote_fractions(data.train_rows), data.sampler.expected_weights()).tolist(),
+        "parameters": int(model.count_params()),
+        "trainable_parameters": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+    }
+    write_json(summary, directory / FOLD_SUMMARY_NAME)
+    shutil.rmtree(checkpoint.directory)
+    log.info("fold %d finished: best val_loss %.4f at epoch %d -> %s",
+             fold, summary["best_val_loss"], summary["best_epoch"], weights)
+
+
+def predict_probabilities(model, dataset) -> np.ndarray:
+    """Rows renormalised in float64 (a float16 softmax under mixed precision is off by ~1e-3)."""
+    probabilities = np.asarray(model.predict(dataset.map(_images_only), verbose=0), dtype=np.float64)
+    return probabilities / probabilities.sum(axis=1, keepdims=True)
+
+
+def _images_only(images, targets):
+    return images
+
+
+def oof_frame(rows: pd.DataFrame, fold: int, probabilities: np.ndarray) -> pd.DataFrame:
+    frame = rows.assign(fold=fold).loc[:, list(OOF_ID_COLUMNS)].reset_index(drop=True)
+    true = pd.DataFrame(vote_fractions(rows).astype(np.float64), columns=list(TRUE_COLUMNS))
+    predicted = pd.DataFrame(probabilities, columns=list(PREDICTED_COLUMNS))
+    return pd.concat([frame, true, predicted], axis=1)
+
+
+def save_weights_atomically(model, path: Path) -> Path:
+    """`save_weights` to a temporary `.weights.h5` beside `path`, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f"tmp-{os.getpid()}-{path.name}")
+    try:
+        model.save_weights(str(temporary))
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path

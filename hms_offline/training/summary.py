@@ -1,0 +1,80 @@
+"""A run's summary, read back from its folder: its out-of-fold rows in one `oof.csv`, its CV KL
+(Kaggle's metric on all out-of-fold rows and per fold) beside the class-prior baseline in
+`cv.json`, and `loss_curves.png`. Written after every finished fold."""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hms_offline.metric import kl_divergence
+from hms_offline.training.config import read_config
+from hms_offline.training.figures import integer_ticks, pyplot, save_figure
+from hms_offline.training.run_folder import (CONFIG_NAME, CV_NAME, FOLD_SUMMARY_NAME, HISTORY_NAME, LOSS_PLOT_NAME,
+                                             OOF_NAME, PREDICTED_COLUMNS, TRUE_COLUMNS, finished_folds, fold_dir,
+                                             write_csv, write_json)
+
+log = logging.getLogger(__name__)
+
+
+def summarize_run(run_dir: Path) -> dict:
+    """Write the run's `oof.csv`, `cv.json` and `loss_curves.png`; return the cv.json data."""
+    run_dir = Path(run_dir)
+    folds = finished_folds(run_dir)
+    if not folds:
+        raise ValueError(f"{run_dir}: no finished fold (fold*/{FOLD_SUMMARY_NAME})")
+    config = read_config(run_dir / CONFIG_NAME)
+    oof = pd.concat([pd.read_csv(fold_dir(run_dir, f["fold"]) / OOF_NAME) for f in folds], ignore_index=True)
+    write_csv(oof, run_dir / OOF_NAME)
+    priors = {f["fold"]: np.asarray(f["prior"]) for f in folds}
+    prior_rows = np.stack([priors[fold] for fold in oof["fold"]])
+    per_fold = [_fold_scores(summary, oof[oof["fold"] == summary["fold"]]) for summary in folds]
+    summary = {
+        "run": run_dir.name,
+        "arch": config.arch,
+        "folds": [f["fold"] for f in folds],
+        "n_splits": config.n_splits,
+        "oof_rows": len(oof),
+        "cv_kl": kl_divergence(oof[list(TRUE_COLUMNS)], oof[list(PREDICTED_COLUMNS)]),
+        "prior_kl": kl_divergence(oof[list(TRUE_COLUMNS)], prior_rows),
+        "parameters": folds[0]["parameters"],
+        "trainable_parameters": folds[0]["trainable_parameters"],
+        "per_fold": per_fold,
+    }
+    write_json(summary, run_dir / CV_NAME)
+    plot_loss_curves(run_dir, [f["fold"] for f in folds], run_dir / LOSS_PLOT_NAME)
+    log.info(
+        "%s: CV KL %.4f on %d out-of-fold rows (folds %s); class-prior baseline %.4f",
+        run_dir, summary["cv_kl"], summary["oof_rows"], summary["folds"], summary["prior_kl"],
+    )
+    return summary
+
+
+def _fold_scores(summary: dict, oof: pd.DataFrame) -> dict:
+    prior = np.tile(np.asarray(summary["prior"]), (len(oof), 1))
+    return {
+        "fold": summary["fold"],
+        "kl": kl_divergence(oof[list(TRUE_COLUMNS)], oof[list(PREDICTED_COLUMNS)]),
+        "prior_kl": kl_divergence(oof[list(TRUE_COLUMNS)], prior),
+        "best_val_loss": summary["best_val_loss"],
+        "best_epoch": summary["best_epoch"],
+        "epochs": summary["epochs"],
+        "oof_rows": len(oof),
+    }
+
+
+def plot_loss_curves(run_dir: Path, folds: list[int], path: Path) -> Path:
+    """Training (solid) and validation (dashed) loss per epoch, one colour per fold."""
+    plt = pyplot()
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for index, fold in enumerate(folds):
+        history = pd.read_csv(fold_dir(run_dir, fold) / HISTORY_NAME)
+        colour = f"C{index}"
+        axes.plot(history["epoch"], history["loss"], "-o", color=colour, label=f"fold {fold} train")
+        axes.plot(history["epoch"], history["val_loss"], "--s", color=colour, label=f"fold {fold} val")
+    axes.set(xlabel="epoch", ylabel="KL divergence loss", title=f"{Path(run_dir).name}: loss per fold")
+    integer_ticks(axes)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small", ncol=2)
+    return save_figure(figure, path)

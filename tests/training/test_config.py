@@ -1,0 +1,93 @@
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hms_offline.cli import build_parser
+from hms_offline.training.config import TrainConfig, parse_folds, read_config
+
+
+def parse_train(*flags: str) -> TrainConfig:
+    arguments = build_parser().parse_args(["train", "--data-dir", "comp", "--out", "runs/x", *flags])
+    return TrainConfig.from_arguments(arguments)
+
+
+def test_defaults_are_the_starters_recipe():
+    config = parse_train().resolved()
+    assert (config.arch, config.epochs, config.batch_size, config.n_splits, config.fold_seed) == (
+        "mobilenetv3_large", 13, 64, 5, 42,
+    )
+    assert (config.mixup_p, config.mixup_alpha, config.time_mask_p, config.freq_mask_p) == (0.5, 2.0, 0.5, 0.5)
+    assert config.labels == "fractions" and config.sampling == "eeg_random_window"
+    assert config.include_rescaling and config.pretrained is None
+    assert config.fold_list() == [0, 1, 2, 3, 4]
+
+
+def test_batch_norm_momentum_is_capped_from_random_weights_only():
+    assert parse_train().resolved().bn_momentum == 0.99
+    assert parse_train("--pretrained", "presets/mnv3").resolved().bn_momentum is None
+    assert parse_train("--bn-momentum", "0.5").resolved().bn_momentum == 0.5
+
+
+def test_every_flag_reaches_the_config():
+    config = parse_train(
+        "--arch", "efficientnetv2_b2", "--folds", "0,2", "--epochs", "3", "--batch-size", "8",
+        "--labels", "consensus", "--sampling", "spectrogram_first", "--peak-learning-rate", "1e-3",
+        "--bn-momentum", "0.5", "--no-include-rescaling", "--max-samples", "50", "--steps-per-epoch", "2",
+        "--mixup-p", "0", "--progress", "off", "--warmup-epochs", "1",
+    ).resolved()
+    assert config.arch == "efficientnetv2_b2" and config.folds == [0, 2]
+    assert (config.epochs, config.batch_size, config.max_samples, config.steps_per_epoch) == (3, 8, 50, 2)
+    assert (config.labels, config.sampling, config.peak_learning_rate) == ("consensus", "spectrogram_first", 1e-3)
+    assert config.bn_momentum == 0.5 and config.include_rescaling is False and config.mixup_p == 0
+    assert config.data_dir == Path("comp").resolve()
+
+
+def test_resolved_config_round_trips_through_json(tmp_path):
+    config = parse_train("--folds", "1", "--work-dir", "cache").resolved()
+    path = tmp_path / "config.json"
+    path.write_text(config.to_json())
+    assert read_config(path) == config
+    assert isinstance(read_config(path).work_dir, Path)
+
+
+def test_only_location_and_fold_choice_may_change_between_runs():
+    base = parse_train().resolved()
+    moved = parse_train("--folds", "3", "--work-dir", "elsewhere", "--progress", "off").resolved()
+    assert base.differences(moved) == {}
+    assert set(base.differences(parse_train("--epochs", "2", "--warmup-epochs", "1").resolved())) == {"epochs", "warmup_epochs"}
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (("--epochs", "2"), "warmup_epochs"),
+        (("--folds", "5"), r"folds \[5\] must lie in 0..4"),
+        (("--mixup-p", "1.5"), "mixup_p must be a probability"),
+        (("--final-learning-rate", "1"), "final_learning_rate"),
+        (("--n-splits", "1"), "n_splits must be >= 2"),
+    ],
+)
+def test_bad_values_are_refused(flags, message):
+    with pytest.raises(ValueError, match=message):
+        parse_train(*flags).resolved()
+
+
+def test_fold_lists():
+    assert parse_folds("all") is None
+    assert parse_folds("2, 0") == [0, 2]
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_folds("first")
+
+
+def test_cli_help_does_not_import_tensorflow():
+    code = (
+        "import sys; from hms_offline.cli import build_parser; build_parser(); "
+        "import hms_offline.training.config, hms_offline.training.folds, hms_offline.training.labels; "
+        "heavy = [m for m in ('tensorflow', 'keras', 'keras_cv', 'sklearn', 'matplotlib') if m in sys.modules]; "
+        "print(heavy); sys.exit(bool(heavy))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
