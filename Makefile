@@ -22,7 +22,7 @@ export KAGGLE_PYTHON
 # CPython the bundle ships them for (3.11, 3.12, 3.13), into .cache/wheels/.
 WHEELS_STAMP := .cache/wheels/.fetched
 
-.PHONY: setup kaggle-base wheels test demo clean
+.PHONY: setup kaggle-base wheels test test-fast demo clean
 
 setup: $(STAMP)
 
@@ -55,6 +55,11 @@ $(WHEELS_STAMP): build_bundle.py hms_offline/bundle/wheels.py $(STAMP)
 
 test: setup kaggle-base wheels
 	$(PY) -m pytest -q
+
+# The suite without the tests marked slow (they train, build or run models, build whole bundles):
+# under a minute once set up.
+test-fast: setup kaggle-base wheels
+	$(PY) -m pytest -q -m "not slow"
 
 demo: setup kaggle-base wheels
 	$(PY) build_bundle.py --demo

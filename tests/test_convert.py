@@ -664,6 +664,7 @@ def deadly_folder(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_a_dying_worker_costs_only_the_file_that_killed_it(tmp_path):
     src = deadly_folder(tmp_path / "src")
     dst = tmp_path / "dst"
@@ -683,6 +684,7 @@ def test_a_dying_worker_costs_only_the_file_that_killed_it(tmp_path):
         np.testing.assert_array_equal(np.load(dst / name), read_parquet(src / name.replace(".npy", ".parquet")))
 
 
+@pytest.mark.slow
 def test_a_file_that_kills_only_once_is_converted_on_retry(tmp_path):
     src = deadly_folder(tmp_path / "src")
     (src / "555.parquet").unlink()
@@ -697,6 +699,7 @@ def test_a_file_that_kills_only_once_is_converted_on_retry(tmp_path):
     assert npy_names(dst) == [path.name for path in outputs]
 
 
+@pytest.mark.slow
 def test_a_dying_worker_removes_the_old_npy_of_its_file(tmp_path):
     src = deadly_folder(tmp_path / "src")
     (src / "555.parquet").unlink()
@@ -782,6 +785,7 @@ def test_real_sample(hms_sample, tmp_path):
         assert eeg[row, channel] == eeg_table.column(EEG_CHANNELS[channel])[row].as_py()
 
 
+@pytest.mark.slow
 def test_isolated_conversion_survives_a_deadly_file_even_when_it_is_the_only_one(tmp_path):
     """The kernel's mode: even one pending file converts in a worker process, so a file that
     crashes the reader costs its own row, never the caller (this test's process survives)."""

@@ -7,12 +7,12 @@ linearly to `peak` over `warmup_steps`, then follows a half cosine down to `fina
 
 
 def warmup_cosine(initial: float, peak: float, final: float, warmup_steps: int, total_steps: int):
-    import keras
-
     if not 0 <= warmup_steps < total_steps:
         raise ValueError(f"warmup_steps ({warmup_steps}) must be >= 0 and less than total_steps ({total_steps})")
     if not 0 < final <= peak:
         raise ValueError(f"need 0 < final ({final}) <= peak ({peak})")
+    import keras  # after the checks: a refused schedule costs no TensorFlow import
+
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=initial,
         decay_steps=total_steps - warmup_steps,

@@ -227,6 +227,7 @@ def relative_files(folder: Path) -> set[str]:
     return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_dataset_and_kernel_folders_hold_exactly_the_bundle(two_builds, dataset):
     out = two_builds[0]
     assert {p.name for p in out.iterdir()} == {"kernel", SLUG}  # no staging folder left behind
@@ -244,6 +245,7 @@ def test_dataset_and_kernel_folders_hold_exactly_the_bundle(two_builds, dataset)
     assert relative_files(out / "kernel") == {"inference.py", "kernel-metadata.json"}
 
 
+@pytest.mark.slow
 def test_dataset_metadata(dataset):
     metadata = json.loads((dataset / "dataset-metadata.json").read_text())
     assert metadata == {"title": metadata["title"], "id": f"{USER}/{SLUG}", "licenses": [{"name": "CC0-1.0"}]}
@@ -251,6 +253,7 @@ def test_dataset_metadata(dataset):
     assert "hms_offline" in (dataset / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_weights_copied_and_manifest_relative_to_the_dataset(dataset, weights_manifest):
     """The source manifest is format 1; the bundled one is format 2: the top-level preprocessing
     is each model's input, and each model lists its exports."""
@@ -268,6 +271,7 @@ def test_weights_copied_and_manifest_relative_to_the_dataset(dataset, weights_ma
             {k: v for k, v in before.items() if k != "file"}
 
 
+@pytest.mark.slow
 def test_exports_copied_with_their_digests_and_listed_in_the_manifest(dataset, weights_manifest):
     bundled = json.loads((dataset / "weights_manifest.json").read_text())
     for model in bundled["models"]:
@@ -293,6 +297,7 @@ def test_a_failing_export_stops_the_build_naming_the_model(tmp_path, source_repo
     assert not (tmp_path / "dist" / SLUG).exists()
 
 
+@pytest.mark.slow
 def test_exports_that_differ_from_their_report_are_refused(tmp_path, source_repo, wheel_cache, caplog, monkeypatch):
     """An export changed between its proof and the copy (or a report that lies) stops the build."""
     real = hms_offline.bundle.build.export_models
@@ -314,6 +319,7 @@ def read_lock(dataset: Path, target: Target) -> dict:
     return json.loads((dataset / "wheels" / f"lock-{target.abi}.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", TARGETS, ids=[target.abi for target in TARGETS])
 def test_each_python_has_a_lock_listing_its_wheels_with_sha256_and_rule(dataset, target):
     lock = read_lock(dataset, target)
@@ -335,6 +341,7 @@ def test_each_python_has_a_lock_listing_its_wheels_with_sha256_and_rule(dataset,
     assert {p["name"]: p["version"] for p in packages} == dict(map(parse_pin, KERNEL_WHEEL_PINS))  # no hms-offline
 
 
+@pytest.mark.slow
 def test_pure_wheels_ship_once_binary_ones_per_python_and_hms_offline_in_no_lock(dataset, source_repo):
     files = {target: {p["file"] for p in read_lock(dataset, target)["packages"]} for target in TARGETS}
     shipped = {p.name for p in (dataset / "wheels").glob("*.whl")}
@@ -351,6 +358,7 @@ def test_pure_wheels_ship_once_binary_ones_per_python_and_hms_offline_in_no_lock
     assert parse_wheel_filename(package[0]).version.endswith(f"+g{commit[:7]}")  # a clean checkout: no .dirty
 
 
+@pytest.mark.slow
 def test_package_wheel_is_stamped_without_touching_the_source(dataset, source_repo):
     wheel_file = next((dataset / "wheels").glob("hms_offline-*.whl"))
     version = parse_wheel_filename(wheel_file.name).version
@@ -362,6 +370,7 @@ def test_package_wheel_is_stamped_without_touching_the_source(dataset, source_re
     assert git(source_repo, "status", "--porcelain", "--ignored") == ""  # no build/, egg-info, edits
 
 
+@pytest.mark.slow
 def test_bundle_json_describes_every_file(dataset, source_repo):
     record = json.loads((dataset / "BUNDLE.json").read_text())
     assert record["git"]["commit"] == git(source_repo, "rev-parse", "HEAD").strip()
@@ -379,6 +388,7 @@ def test_bundle_json_describes_every_file(dataset, source_repo):
     assert record["built_at"]
 
 
+@pytest.mark.slow
 def test_two_builds_are_byte_identical_but_for_the_build_time(two_builds):
     first, second = (out / SLUG for out in two_builds)
     assert relative_files(first) == relative_files(second)
@@ -393,6 +403,7 @@ def test_two_builds_are_byte_identical_but_for_the_build_time(two_builds):
         assert (kernels[0] / name).read_bytes() == (kernels[1] / name).read_bytes()
 
 
+@pytest.mark.slow
 def test_the_built_kernel_differs_from_the_source_only_in_its_dataset_id(two_builds, source_repo):
     source = (source_repo / KERNEL_SCRIPT).read_text().splitlines(keepends=True)
     built = (two_builds[0] / "kernel" / "inference.py").read_text().splitlines(keepends=True)
@@ -411,6 +422,7 @@ def test_a_kernel_without_exactly_one_dataset_id_line_is_refused(tmp_path, marke
         built_kernel_script(script, f"{USER}/{SLUG}")
 
 
+@pytest.mark.slow
 def test_kernel_metadata(two_builds):
     kernel = two_builds[0] / "kernel"
     metadata = json.loads((kernel / "kernel-metadata.json").read_text())
@@ -431,6 +443,7 @@ def test_kernel_metadata(two_builds):
     assert kernel_metadata(USER, SLUG, gpu=True)["enable_gpu"] is True
 
 
+@pytest.mark.slow
 def test_prints_the_upload_commands(tmp_path, source_repo, weights_manifest, wheel_cache, capsys):
     assert build(source_repo, weights_manifest, tmp_path / "dist", wheel_cache) == 0
     printed = capsys.readouterr().out
@@ -524,6 +537,7 @@ def test_check_manifest_prints_what_the_kernel_would_refuse(tmp_path, weights_ma
         "known: ['efficientnetv2_b2', 'mobilenetv3_large']"]
 
 
+@pytest.mark.slow
 def test_a_failed_build_leaves_the_previous_dist_as_it_was(tmp_path, source_repo, weights_manifest, wheel_cache,
                                                             monkeypatch, caplog):
     out = tmp_path / "dist"
@@ -823,6 +837,7 @@ def test_version_stamp_in_a_source_copy(tmp_path, style):
         assert 'version = "0.2.0+g0123456.dirty"' in (tmp_path / "pyproject.toml").read_text()
 
 
+@pytest.mark.slow
 def test_several_manifests_ship_as_one_ensemble(tmp_path, source_repo, weights_manifest, wheel_cache):
     """`--manifest A --manifest B`: the models of both runs, each weight file checked and copied."""
     original = json.loads(weights_manifest.read_text())

@@ -126,6 +126,7 @@ def fake_wheel(folder: Path, name: str, version: str) -> Path:
     return wheel
 
 
+@pytest.mark.slow
 def test_an_install_shadows_the_base_package_shows_in_pip_list_and_leaves_the_base_untouched(base_python, tmp_path):
     """What --verify's `pip list` check catches: a kernel installing over the image's keras."""
     base = base_site_packages(base_python)
@@ -163,6 +164,7 @@ def test_the_network_block_refuses_connections(tmp_path):
         assert unguarded.returncode != 0 and "unreachable" in unguarded.stdout.lower()
 
 
+@pytest.mark.slow
 def test_keras_cv_made_unimportable_in_a_run_and_its_subprocesses(base_python, tmp_path):
     python = make_fresh_env(base_python, tmp_path / "env")
     block = NetworkBlock.install(tmp_path / "guard", unimportable=("keras_cv",))
@@ -335,7 +337,8 @@ def printed_runs(printed: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_verify_runs_the_dataset_as_built_on_the_kaggle_shaped_base(built_dist, kaggle_base, base_python, capsys):
+def test_verify_runs_the_dataset_as_built_on_the_kaggle_shaped_base(built_dist, kaggle_base, base_python, capsys,
+                                                                    freshly_initialised_bundle):
     """Two kernel runs (each ~30-60 s) and one reference prediction: the keras fallback in the
     Kaggle-shaped base (--verify-engine keras: it finds everything the image has and installs
     nothing), then --engine auto with keras-cv unimportable (the exports, TFLite on CPU); both
@@ -349,6 +352,11 @@ def test_verify_runs_the_dataset_as_built_on_the_kaggle_shaped_base(built_dist, 
     assert "installed offline: 0 package(s)" in printed and "the image was left as it was" in printed
     assert "the kernel installed and replaced nothing (pip list before and after" in printed
     assert "models: 3" in printed and "submission rows: 8" in printed
+    image_tensorflow = read_image_pins().by_name()["tensorflow-cpu"].version
+    trained_with = json.loads((freshly_initialised_bundle / "weights_manifest.json").read_text())["models"][0]
+    if tuple(map(int, image_tensorflow.split("."))) < tuple(map(int, trained_with["tensorflow"].split(".")[:3])):
+        assert (f"version warning: TensorFlow {image_tensorflow} here is older than the {trained_with['tensorflow']} "
+                "that trained 3 model(s)") in printed  # said, and --strict passed: not a fault
     assert "unshare -rn" in printed or "socket guard only" in printed
     runs = printed_runs(printed)
     assert list(runs) == ["--engine keras", "--engine auto, keras_cv unimportable"], printed

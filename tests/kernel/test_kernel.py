@@ -198,6 +198,7 @@ def test_a_damaged_lock_file_is_a_clear_error_naming_file_and_field(kernel, tmp_
     assert str(refused.value).startswith(f"{path}: {problem}")
 
 
+@pytest.mark.slow
 def test_a_damaged_lock_costs_only_the_keras_engine_and_is_named_not_a_traceback(synthetic_competition, tmp_path):
     """A model with no exports needs the keras engine; its lock is damaged: the model is
     dropped naming the lock file and field, and with no model left the kernel exits 1, cleanly."""

@@ -132,6 +132,7 @@ def test_the_command_imports_tensorflow_only_when_it_exports():
     assert result.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_weights_that_do_not_load_fail_naming_the_model(tmp_path, capsys):
     weights = tmp_path / "weights" / "broken.weights.h5"
     weights.parent.mkdir()

@@ -11,6 +11,7 @@ def trainable_count(model) -> int:
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "arch, total, trainable",
     [
@@ -32,6 +33,7 @@ def test_unknown_arch_is_refused_with_the_known_names():
     assert set(ARCHITECTURES) == {"mobilenetv3_large", "efficientnetv2_b2"}
 
 
+@pytest.mark.slow
 def test_rescaling_is_part_of_the_saved_config():
     with_rescaling = build_model("mobilenetv3_large", include_rescaling=True)
     without = build_model("mobilenetv3_large", include_rescaling=False)
@@ -40,6 +42,7 @@ def test_rescaling_is_part_of_the_saved_config():
     assert with_rescaling.count_params() == without.count_params()
 
 
+@pytest.mark.slow
 def test_save_weights_then_load_gives_identical_predictions(tmp_path):
     model = build_model("mobilenetv3_large")
     perturb_head(model, seed=3)

@@ -161,6 +161,7 @@ def test_every_engine_predicts_the_ensemble_computed_by_hand(synthetic_competiti
     assert written["versions"]["tensorflow"] and written["versions"]["python"]
 
 
+@pytest.mark.slow
 def test_without_exports_auto_falls_back_to_keras(synthetic_competition, freshly_initialised_bundle, tmp_path):
     report = predict_competition(synthetic_competition, freshly_initialised_bundle, tmp_path / "s.csv", strict=True)
     assert [model["engine"] for model in report.models] == ["keras"] * 3
@@ -334,6 +335,7 @@ def test_bad_output_or_batch_size_fails_before_any_work(synthetic_competition, f
         predict_competition(synthetic_competition, faulty_bundle, tmp_path / output, batch_size=batch_size, load=never)
 
 
+@pytest.mark.slow
 def test_a_corrupt_weights_file_whose_sha256_matches_drops_only_that_model(freshly_initialised_bundle, tmp_path):
     bundle = shutil.copytree(freshly_initialised_bundle, tmp_path / "bundle")
     manifest, root = load_manifest(bundle)

@@ -310,6 +310,7 @@ def _pooled(image: np.ndarray) -> np.ndarray:
     return image[..., 0].reshape(len(SPECTROGRAM_COLUMNS) // 5, 5, WINDOW_COLUMNS).mean(axis=(1, 2))
 
 
+@pytest.mark.slow  # fits a softmax regression per fold
 def test_spectrogram_signal_is_learnable_from_model_input(comp, train, test_frame, train_spectrograms):
     cache = {sid: _spectrogram(frame) for sid, frame in train_spectrograms.items()}
     features = []

@@ -9,6 +9,7 @@ def learning_rates(schedule, steps) -> np.ndarray:
     return np.array([float(schedule(step)) for step in steps])
 
 
+@pytest.mark.slow
 def test_warm_up_rises_to_the_peak_then_cosine_decays_to_the_floor():
     initial, peak, final, warmup, total = 5e-5, 3.84e-4, 1e-5, 30, 130
     schedule = warmup_cosine(initial, peak, final, warmup_steps=warmup, total_steps=total)
@@ -21,6 +22,7 @@ def test_warm_up_rises_to_the_peak_then_cosine_decays_to_the_floor():
     np.testing.assert_allclose(rates[total:], final, rtol=1e-5)  # ends at its floor and stays
 
 
+@pytest.mark.slow
 def test_schedule_of_the_default_config_is_the_starters_numbers():
     config = TrainConfig(data_dir="d", out="o").resolved()  # batch 64, 13 epochs, 3 warm-up
     schedule = schedule_for(config, steps_per_epoch=10)
@@ -30,6 +32,7 @@ def test_schedule_of_the_default_config_is_the_starters_numbers():
     assert float(schedule(130)) == pytest.approx(1e-5)
 
 
+@pytest.mark.slow
 def test_without_warm_up_the_schedule_starts_at_the_peak():
     rates = learning_rates(warmup_cosine(0.0, 1e-3, 1e-4, warmup_steps=0, total_steps=10), range(11))
     assert rates[0] == pytest.approx(1e-3) and rates[10] == pytest.approx(1e-4)
