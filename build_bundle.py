@@ -74,13 +74,13 @@ from pathlib import Path
 
 from hms_offline.bundle.build import DEFAULT_DATASET_SLUG, BuildOptions, build_bundle
 from hms_offline.bundle.common import LOG, MANIFEST_NAME, REPO_ROOT, BundleError, display_path, human_size
-from hms_offline.bundle.demo import (DEMO_DIR, DEMO_KAGGLE_USER, DEMO_SYNTHETIC, class_prior_submission,
-                                     describe_run, score_locally, train_demo_runs)
+from hms_offline.bundle.demo import (DEMO_DIR, DEMO_KAGGLE_USER, DEMO_SYNTHETIC, ENSEMBLE_DIR, class_prior_submission,
+                                     describe_run, fit_demo_ensemble, score_locally, train_demo_runs)
 from hms_offline.bundle.environment import DEFAULT_KAGGLE_BASE, KAGGLE_BASE_SETUP
 from hms_offline.bundle.exports import default_export_cache
 from hms_offline.bundle.kaggle_cli import print_upload_commands, push_bundle, upload_commands
 from hms_offline.bundle.verify import VERIFY_ENGINES, print_verification, synthesize_competition, verify_bundle
-from hms_offline.bundle.weights import merge_manifests, read_weights_manifest
+from hms_offline.bundle.weights import read_weights_manifest
 from hms_offline.bundle.wheels import (DEFAULT_PLATFORM, DEFAULT_PYTHON_VERSIONS, DEFAULT_WHEEL_CACHE,
                                        check_pins_against_image, check_wheel_sets, ensure_wheel_sets, parse_targets)
 
@@ -179,7 +179,7 @@ def demo_command(args: argparse.Namespace) -> int:
     shutil.rmtree(DEMO_DIR, ignore_errors=True)
     data = synthesize_competition(DEMO_DIR / "data", **DEMO_SYNTHETIC)
     runs = train_demo_runs(data, DEMO_DIR)
-    manifest = merge_manifests([run_dir / MANIFEST_NAME for run_dir in runs], DEMO_DIR / MANIFEST_NAME)
+    manifest = fit_demo_ensemble(runs, ENSEMBLE_DIR)
     built = build_bundle(BuildOptions(
         kaggle_user=DEMO_KAGGLE_USER, manifests=[manifest], out=DEMO_DIR / "dist", dataset_slug=args.dataset_slug,
         targets=targets_of(args), gpu=False, wheel_cache=args.wheel_cache.resolve(),

@@ -1,7 +1,7 @@
 """`python -m hms_offline <command>`: the package's command line.
 
-Each command imports its module only when it runs, so `convert`, `score` and `synth`
-start without loading TensorFlow.
+Each command imports its module only when it runs, so `convert`, `score`, `synth` and
+`ensemble` start without loading TensorFlow.
 """
 
 import argparse
@@ -75,11 +75,36 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show(args: argparse.Namespace) -> int:
+    from hms_offline.constants import CLASSES
+    from hms_offline.features.show import draw_sample, find_sample
+
+    sample = find_sample(args.data_dir, args.eeg_id, args.labels)
+    predicted, models = None, ""
+    if args.bundle_dir is not None:
+        from hms_offline.serving.inference import predict_sample
+
+        predicted, names = predict_sample(args.bundle_dir, lambda views: {v: sample.image(v) for v in views},
+                                          args.engine)
+        models = f"{len(names)} model(s)"
+        print("predicted: " + ", ".join(f"{c} {p:.3f}" for c, p in zip(CLASSES, predicted)))
+    print(f"wrote {draw_sample(sample, predicted, args.output, models)}")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from hms_offline.training.compare import compare_runs
 
     table = compare_runs(args.runs, args.out, speed_images=args.speed_images, speed_batch_size=args.speed_batch_size)
     print(table.to_string(index=False))
+    return 0
+
+
+def _ensemble(args: argparse.Namespace) -> int:
+    from hms_offline.training.ensemble import ensemble_runs, ensemble_table
+
+    record = ensemble_runs(args.runs, args.out)
+    print(ensemble_table(record).to_string(index=False))
     return 0
 
 
@@ -165,6 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(train)
     train.set_defaults(handler=_train)
 
+    show = commands.add_parser(
+        "show", help="one sample in one PNG: its Kaggle spectrogram window, its EEG view and 16 bipolar traces, "
+                     "the ensemble's prediction beside the experts' votes")
+    show.add_argument("--data-dir", type=Path, required=True,
+                      help="competition folder: train.csv + train_*/ or test.csv + test_*/")
+    show.add_argument("--eeg-id", type=int, required=True,
+                      help="the sample: its first labelled row in train.csv, else its row of test.csv")
+    show.add_argument("--labels", type=Path, default=None, help="train labels CSV (default: DATA_DIR/train.csv)")
+    show.add_argument("--bundle-dir", type=Path, default=None,
+                      help="folder holding weights_manifest.json: predict the sample with its ensemble")
+    show.add_argument("--engine", choices=(AUTO, *ENGINE_NAMES), default=AUTO, help="what runs the models")
+    show.add_argument("--output", type=Path, required=True, help="the PNG written")
+    show.set_defaults(handler=_show)
+
     report = commands.add_parser("report", help="compare trained runs side by side")
     report.add_argument("runs", type=Path, nargs="+", help="run folders written by `train`")
     report.add_argument("--out", type=Path, required=True, help="where comparison.{md,csv,png} go")
@@ -172,6 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="random images per arch for the inference images/s measurement (0: skip)")
     report.add_argument("--speed-batch-size", type=int, default=8)
     report.set_defaults(handler=_report)
+
+    ensemble = commands.add_parser(
+        "ensemble", help="one weight per run fitted on the runs' out-of-fold predictions (Kaggle's KL) -> "
+                         "DIR/weights_manifest.json for build_bundle.py, ensemble.json, ensemble.md")
+    ensemble.add_argument("runs", type=Path, nargs="+", metavar="RUN",
+                          help="run folders written by `train`, with the same out-of-fold rows")
+    ensemble.add_argument("--out", type=Path, required=True,
+                          help="where weights_manifest.json, ensemble.json and ensemble.md go (not a run folder)")
+    ensemble.set_defaults(handler=_ensemble)
 
     return parser
 

@@ -34,16 +34,31 @@ EEG_CHANNELS = (
 )
 EEG_SAMPLE_RATE_HZ = 200
 EEG_WINDOW_SECONDS = 50  # an expert labels a 50 s EEG window; a test EEG file is one
+EEG_WINDOW_SAMPLES = EEG_SAMPLE_RATE_HZ * EEG_WINDOW_SECONDS  # 10,000
+
+# The "double banana" bipolar montage: one chain of 4 electrode pairs (a - b) per
+# spectrogram region, in SPECTROGRAM_REGIONS order (LL, RL, LP, RP), front to back.
+BIPOLAR_CHAINS = (
+    (("Fp1", "F7"), ("F7", "T3"), ("T3", "T5"), ("T5", "O1")),  # LL: left temporal
+    (("Fp2", "F8"), ("F8", "T4"), ("T4", "T6"), ("T6", "O2")),  # RL: right temporal
+    (("Fp1", "F3"), ("F3", "C3"), ("C3", "P3"), ("P3", "O1")),  # LP: left parasagittal
+    (("Fp2", "F4"), ("F4", "C4"), ("C4", "P4"), ("P4", "O2")),  # RP: right parasagittal
+)
 
 SPECTROGRAM_REGIONS = ("LL", "RL", "LP", "RP")
 SPECTROGRAM_TIME_COLUMN = "time"
 SPECTROGRAM_STEP_SECONDS = 2
 N_FREQUENCIES = 100
+# Kaggle's frequencies are those of an FFT of length 1024 at 200 Hz, whose bin k is
+# k * 200/1024 = k * 25/128 Hz: the spectrogram's 100 are its bins 3 ... 102.
+FREQUENCY_FFT_LENGTH = 1024
+FREQUENCY_FIRST_BIN = 3
 
 
 def _frequency_label(bin_index: int) -> str:
     """Kaggle's column label for one frequency bin: (bin + 3) * 25/128 Hz, rounded half-up."""
-    value = (Decimal(bin_index + 3) * Decimal(25) / Decimal(128)).quantize(
+    step = Decimal(EEG_SAMPLE_RATE_HZ) / Decimal(FREQUENCY_FFT_LENGTH)
+    value = (Decimal(bin_index + FREQUENCY_FIRST_BIN) * step).quantize(
         Decimal("0.01"), rounding=ROUND_HALF_UP
     )
     return format(value.normalize(), "f")

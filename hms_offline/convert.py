@@ -2,8 +2,9 @@
 
 - Spectrogram parquet (400 power columns, usually with `time`) -> `[400, T]` float32:
   NaN -> 0, transposed (the KerasCV starter's layout).
-- EEG parquet (20 channels at 200 Hz) -> `[T, 20]` float32: each NaN is replaced by the
-  mean of its channel's non-NaN samples, or by 0 when the whole channel is NaN.
+- EEG parquet (20 channels at 200 Hz) -> `[T, 20]` float32, NaN kept: the EEG view fills a
+  missing sample inside its own 50 s window (features/eeg.py), so that a training window and
+  a test file of the same samples give the same image.
 
 Columns are read by name: their order does not matter, `time` is optional and never read,
 and other columns (of any type) are ignored. A file's kind is detected from which layout
@@ -11,7 +12,8 @@ its column names cover best. Parquet files are read with pyarrow directly.
 
 A parquet file is `<id>.parquet` or `<id>.pq`, the suffix in any case; it converts to
 `<id>.npy`, beside which `<id>.npy.source.json` records the size and SHA-256 of the parquet
-it came from: a later run skips the file only while both still match.
+it came from and the ARRAY_FORMAT it was written in: a later run skips the file only while
+all three still match, so a change of what conversion writes re-converts older outputs.
 """
 
 import json
@@ -41,6 +43,9 @@ logger = logging.getLogger(__name__)
 COMPETITION_FOLDERS = ("train_spectrograms", "test_spectrograms", "train_eegs", "test_eegs")
 PARQUET_SUFFIXES = (".parquet", ".pq")  # compared lower-cased
 SOURCE_SUFFIX = ".source.json"  # `<id>.npy` + this: the sidecar naming the parquet it came from
+# What the .npy arrays are, recorded in each sidecar. 2: an EEG keeps its NaN (1, whose
+# sidecars have no `array_format`, filled them with the channel's whole-file mean).
+ARRAY_FORMAT = 2
 WORKER_DIED = "the conversion worker died (killed or crashed) while reading it"
 PREVIEW_LIMIT = 5
 
@@ -215,15 +220,8 @@ def _spectrogram_array(values: np.ndarray) -> np.ndarray:
 
 
 def _eeg_array(values: np.ndarray) -> np.ndarray:
-    """`[C, T]` -> `[T, C]`, NaN replaced by the channel's mean over its non-NaN samples, 0 if none."""
-    eeg = np.ascontiguousarray(values.T)
-    missing = np.isnan(eeg)
-    if not missing.any():
-        return eeg
-    counts = np.count_nonzero(~missing, axis=0)
-    sums = np.where(missing, 0.0, eeg).sum(axis=0, dtype=np.float64)
-    means = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
-    return np.where(missing, means.astype(np.float32), eeg)
+    """`[C, T]` -> `[T, C]` (time-major), NaN kept."""
+    return np.ascontiguousarray(values.T)
 
 
 def read_spectrogram(path: Path) -> np.ndarray:
@@ -233,7 +231,7 @@ def read_spectrogram(path: Path) -> np.ndarray:
 
 
 def read_eeg(path: Path) -> np.ndarray:
-    """EEG parquet -> `[T, 20]` float32; NaN -> channel mean, or 0 for an all-NaN channel."""
+    """EEG parquet -> `[T, 20]` float32, NaN kept."""
     path = Path(path)
     return _eeg_array(_read_values(path, EEG_LAYOUT, _read_schema(path)))
 
@@ -269,16 +267,21 @@ def sidecar_path(npy_file: Path) -> Path:
 
 
 def _recorded_stamp(npy_file: Path) -> SourceStamp | None:
-    """The stamp in the .npy's sidecar; None when there is none or it cannot be read."""
+    """The stamp in the .npy's sidecar; None when there is none, it cannot be read, or the
+    .npy is of another ARRAY_FORMAT than this code writes."""
     try:
-        return SourceStamp(**json.loads(sidecar_path(npy_file).read_text()))
+        recorded = json.loads(sidecar_path(npy_file).read_text())
+        if not isinstance(recorded, dict) or recorded.pop("array_format", None) != ARRAY_FORMAT:
+            return None
+        return SourceStamp(**recorded)
     except (OSError, ValueError, TypeError):
         return None
 
 
 def is_up_to_date(src_file: Path, dst_file: Path) -> bool:
     """Whether `dst_file` exists and its sidecar records `src_file`'s current size and digest
-    (the size is compared first, so a changed file is usually caught without hashing it)."""
+    and this code's ARRAY_FORMAT (the size is compared first, so a changed file is usually
+    caught without hashing it)."""
     recorded = _recorded_stamp(dst_file)
     return (
         recorded is not None
@@ -303,7 +306,7 @@ def convert_file(src_file: Path, dst_file: Path) -> Path:
     array = read_parquet(src_file)
     with atomic_output(dst_file) as temporary, open(temporary, "wb") as handle:
         np.save(handle, array)  # to a handle, so numpy adds no second ".npy"
-    write_text_atomically(sidecar_path(dst_file), json.dumps(asdict(stamp)) + "\n")
+    write_text_atomically(sidecar_path(dst_file), json.dumps({**asdict(stamp), "array_format": ARRAY_FORMAT}) + "\n")
     return dst_file
 
 

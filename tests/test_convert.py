@@ -14,6 +14,7 @@ import pytest
 from hms_offline import convert
 from hms_offline.constants import EEG_CHANNELS, SPECTROGRAM_COLUMNS
 from hms_offline.convert import (
+    ARRAY_FORMAT,
     WORKER_DIED,
     ConversionError,
     ParquetFormatError,
@@ -95,23 +96,23 @@ def test_spectrogram_round_trip(tmp_path, time_type):
     np.testing.assert_array_equal(read_spectrogram(src), array)
 
 
-def test_eeg_round_trip_fills_nan_with_channel_mean(tmp_path):
+def test_eeg_round_trip_keeps_nan(tmp_path):
+    """The EEG view fills a missing sample inside its own window (features/eeg.py), so
+    conversion keeps every NaN where it was."""
     values = eeg_values()
-    values[:, 0] = [1, np.nan, 2, 3, np.nan, 6]  # mean of the rest: 3
-    values[:, 19] = [np.nan, -4, np.nan, np.nan, np.nan, np.nan]  # mean: -4
-    values[:, 5] = np.nan  # whole channel missing -> 0
+    values[:, 0] = [1, np.nan, 2, 3, np.nan, 6]
+    values[:, 19] = [np.nan, -4, np.nan, np.nan, np.nan, np.nan]
+    values[:, 5] = np.nan  # a whole channel missing
     src = write_eeg(tmp_path / "3911565283.parquet", values)
 
     array = np.load(convert_file(src, tmp_path / "3911565283.npy"))
 
     assert array.dtype == np.float32
-    assert array.shape == (6, 20)
-    expected = values.copy()
-    expected[:, 0] = [1, 3, 2, 3, 3, 6]
-    expected[:, 19] = -4
-    expected[:, 5] = 0
-    np.testing.assert_array_equal(array, expected)
-    np.testing.assert_array_equal(read_eeg(src), expected)
+    assert array.shape == (6, 20) and array.flags.c_contiguous
+    np.testing.assert_array_equal(array, values)  # NaN where values has NaN, equal elsewhere
+    assert np.isnan(array).sum() == 2 + 5 + 6
+    np.testing.assert_array_equal(read_eeg(src), values)
+    np.testing.assert_array_equal(read_parquet(src), values)
 
 
 def test_read_parquet_detects_the_kind(tmp_path):
@@ -413,8 +414,9 @@ def test_sidecar_records_the_parquet_size_and_sha256(tmp_path):
     dst = convert_file(src, tmp_path / "out" / "5.npy")
 
     assert sidecar_path(dst) == tmp_path / "out" / "5.npy.source.json"
-    expected = {"size": src.stat().st_size, "sha256": hashlib.sha256(src.read_bytes()).hexdigest()}
+    expected = {"size": src.stat().st_size, "sha256": hashlib.sha256(src.read_bytes()).hexdigest(), "array_format": 2}
     assert json.loads(sidecar_path(dst).read_text()) == expected
+    assert ARRAY_FORMAT == 2
 
 
 def test_sidecar_is_written_after_the_npy(tmp_path, monkeypatch):
@@ -463,7 +465,8 @@ def test_changed_parquet_is_reconverted_even_when_older(tmp_path):
     assert recorded["sha256"] == hashlib.sha256(parquet.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("damage", ["deleted", "not json", "other digest", "other size", "no digest"])
+@pytest.mark.parametrize("damage", ["deleted", "not json", "not an object", "other digest", "other size", "no digest",
+                                    "other format"])
 def test_npy_without_a_matching_sidecar_is_reconverted(tmp_path, damage):
     src = good_folder(tmp_path / "src", n_spectrograms=1)
     dst = tmp_path / "dst"
@@ -473,9 +476,11 @@ def test_npy_without_a_matching_sidecar_is_reconverted(tmp_path, damage):
     damaged = {
         "deleted": None,
         "not json": "{oops",
+        "not an object": json.dumps([recorded]),
         "other digest": json.dumps({**recorded, "sha256": "0" * 64}),
         "other size": json.dumps({**recorded, "size": recorded["size"] + 1}),
         "no digest": json.dumps({"size": recorded["size"]}),
+        "other format": json.dumps({**recorded, "array_format": 1}),
     }[damage]
     if damaged is None:
         sidecar.unlink()
@@ -487,6 +492,30 @@ def test_npy_without_a_matching_sidecar_is_reconverted(tmp_path, damage):
 
     np.testing.assert_array_equal(np.load(dst / "100.npy"), read_spectrogram(src / "100.parquet"))
     assert json.loads(sidecar.read_text()) == recorded
+
+
+def test_an_eeg_of_the_old_format_is_reconverted_with_its_nan(tmp_path):
+    """Format 1 filled an EEG's NaN with its channel's mean and wrote a sidecar without
+    `array_format`; its parquet unchanged, the .npy is still converted again."""
+    src = tmp_path / "src"
+    src.mkdir()
+    values = eeg_values()
+    values[1:3, 4] = np.nan
+    parquet = write_eeg(src / "900.parquet", values)
+    dst = tmp_path / "dst"
+    old = np.where(np.isnan(values), np.nanmean(values, axis=0), values).astype(np.float32)
+    dst.mkdir()
+    np.save(dst / "900.npy", old)
+    stamp = {"size": parquet.stat().st_size, "sha256": hashlib.sha256(parquet.read_bytes()).hexdigest()}
+    sidecar_path(dst / "900.npy").write_text(json.dumps(stamp) + "\n")
+    assert not convert.is_up_to_date(parquet, dst / "900.npy")
+
+    convert_tree(src, dst, workers=1, progress=False)
+
+    np.testing.assert_array_equal(np.load(dst / "900.npy"), values)
+    assert np.isnan(np.load(dst / "900.npy")[1:3, 4]).all()
+    assert json.loads(sidecar_path(dst / "900.npy").read_text()) == {**stamp, "array_format": ARRAY_FORMAT}
+    assert convert.is_up_to_date(parquet, dst / "900.npy")
 
 
 def test_failed_conversion_removes_the_old_npy_and_sidecar(tmp_path):

@@ -1,5 +1,6 @@
-"""--demo's pieces: the demo's small training runs of both architectures, their manifests
-merged into one ensemble, the class-prior baseline and its score."""
+"""--demo's pieces: the demo's small training runs (both architectures on the Kaggle
+spectrogram, MobileNetV3 on the EEG view), their ensemble weights fitted on the out-of-fold
+predictions (`python -m hms_offline ensemble`), the class-prior baseline and its score."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from .common import LOG, PACKAGE, REPO_ROOT, run
+from .common import LOG, MANIFEST_NAME, PACKAGE, REPO_ROOT, run
 from .submission_check import read_csv_rows
 from .verify import parse_score, score_command
 
@@ -24,29 +25,42 @@ DEMO_SYNTHETIC = {"n_train": 160, "n_test": 16, "seed": 0}
 DEMO_TRAINING = ("--n-splits", "2", "--batch-size", "8", "--warmup-epochs", "0.5", "--peak-learning-rate", "1e-3",
                  "--bn-momentum", "0.5", "--mixup-p", "0", "--time-mask-p", "0", "--freq-mask-p", "0",
                  "--progress", "epoch")
+# Run folder name -> its flags. Every run trains every fold, so their out-of-fold rows line up
+# for `ensemble`.
 DEMO_RUNS = {
-    "mobilenetv3_large": ("--folds", "all", "--epochs", "4", "--steps-per-epoch", "8"),
-    "efficientnetv2_b2": ("--folds", "0", "--epochs", "2", "--steps-per-epoch", "4"),
+    "mobilenetv3_large": ("--arch", "mobilenetv3_large", "--epochs", "4", "--steps-per-epoch", "8"),
+    "mobilenetv3_large_eeg": ("--arch", "mobilenetv3_large", "--input", "eeg", "--epochs", "4",
+                              "--steps-per-epoch", "8"),
+    "efficientnetv2_b2": ("--arch", "efficientnetv2_b2", "--epochs", "2", "--steps-per-epoch", "4"),
 }
+ENSEMBLE_DIR = DEMO_DIR / "ensemble"
 # Copies of hms_offline.training.run_folder.FOLDS_NAME and CV_NAME: what a run folder holds.
 FOLDS_NAME = "folds.csv"
 CV_NAME = "cv.json"
 
 
 def train_demo_runs(data: Path, folder: Path) -> list[Path]:
-    """One run per architecture with the real training command; later runs reuse the first
-    run's folds, so every architecture holds out the same patients per fold."""
+    """Every run of DEMO_RUNS with the real training command; later runs reuse the first
+    run's folds, so every run holds out the same patients per fold."""
     runs = []
     env = {"TF_CPP_MIN_LOG_LEVEL": "2", **os.environ}
-    for arch, flags in DEMO_RUNS.items():
-        run_dir = folder / arch
+    for name, flags in DEMO_RUNS.items():
+        run_dir = folder / name
         same_folds = ("--folds-file", str(runs[0] / FOLDS_NAME)) if runs else ()
-        LOG.info("training %s on %s -> %s", arch, data, run_dir)
-        run([sys.executable, "-m", PACKAGE, "train", "--data-dir", str(data), "--arch", arch, "--out", str(run_dir),
-             "--work-dir", str(folder / "spectrograms"), *DEMO_TRAINING, *flags, *same_folds],
-            quiet=False, env=env, cwd=REPO_ROOT, what=f"training {arch}")
+        LOG.info("training %s on %s -> %s", name, data, run_dir)
+        run([sys.executable, "-m", PACKAGE, "train", "--data-dir", str(data), "--out", str(run_dir),
+             "--work-dir", str(folder / "recordings"), *DEMO_TRAINING, *flags, *same_folds],
+            quiet=False, env=env, cwd=REPO_ROOT, what=f"training {name}")
         runs.append(run_dir)
     return runs
+
+
+def fit_demo_ensemble(runs: list[Path], out: Path) -> Path:
+    """`python -m hms_offline ensemble` over the runs: their weights fitted on the out-of-fold
+    predictions; returns the weights manifest it writes."""
+    run([sys.executable, "-m", PACKAGE, "ensemble", *map(str, runs), "--out", str(out)],
+        quiet=False, cwd=REPO_ROOT, what="fitting the ensemble weights")
+    return out / MANIFEST_NAME
 
 
 def class_prior_submission(data: Path, out: Path) -> Path:
@@ -72,5 +86,5 @@ def score_locally(solution: Path, submission: Path) -> float:
 
 def describe_run(run_dir: Path) -> str:
     cv = json.loads((run_dir / CV_NAME).read_text(encoding="utf-8"))
-    return (f"{cv['arch']:<18} folds {','.join(map(str, cv['folds']))}: CV KL {cv['cv_kl']:.4f} on "
+    return (f"{run_dir.name:<22} {cv['arch']:<18} input {cv.get('input', 'kaggle'):<6} folds {','.join(map(str, cv['folds']))}: CV KL {cv['cv_kl']:.4f} on "
             f"{cv['oof_rows']} out-of-fold rows (class-prior baseline {cv['prior_kl']:.4f})")

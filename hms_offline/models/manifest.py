@@ -29,7 +29,7 @@ from pathlib import Path
 from hms_offline.atomic import write_text_atomically
 from hms_offline.constants import CLASSES, IMAGE_SHAPE
 from hms_offline.digests import sha256_file, sha256_tree
-from hms_offline.features.views import INPUT_VIEWS, view_record
+from hms_offline.features.views import VIEWS, view_record
 from hms_offline.models.registry import ARCHITECTURES
 
 FORMAT_VERSION = 2  # what this code writes
@@ -57,7 +57,7 @@ class ModelEntry:
     fold: int
     file: str  # a Keras `.weights.h5`, relative to the manifest's folder
     sha256: str
-    # The input view: {"name": ..., "params": {...}}, one of features/views.py's INPUT_VIEWS.
+    # The input view: {"name": ..., "params": {...}}, one of features/views.py's VIEWS.
     input: dict = field(default_factory=view_record)
     input_shape: list[int] = field(default_factory=lambda: list(IMAGE_SHAPE))
     include_rescaling: bool = True
@@ -383,8 +383,8 @@ def _entry_problem(item) -> str | None:
     if item["arch"] not in ARCHITECTURES:
         return f"has unknown arch {item['arch']!r}; known: {sorted(ARCHITECTURES)}"
     view, params = item["input"]["name"], item["input"]["params"]
-    if view not in INPUT_VIEWS:
-        return f"has unknown input view {view!r}; this code implements {sorted(INPUT_VIEWS)}"
-    if params != INPUT_VIEWS[view]:
-        return f"input {view!r}: preprocessing parameters {params} differ from this code's {INPUT_VIEWS[view]}"
+    if view not in VIEWS:
+        return f"has unknown input view {view!r}; this code implements {sorted(VIEWS)}"
+    if params != VIEWS[view].params:
+        return f"input {view!r}: preprocessing parameters {params} differ from this code's {VIEWS[view].params}"
     return None

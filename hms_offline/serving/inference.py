@@ -1,38 +1,39 @@
 """Fold-ensemble inference: competition test files -> submission.csv + inference_report.json.
 
-Streams the unique test spectrograms in batches, preprocesses each once with THE
-preprocessing function, runs every model of the weights manifest on the batch and
-combines their probabilities by `ensemble_weight`. Logs the time of every stage and
+Converts the test recordings the ensemble's input views need (serving/samples.py), then
+streams the distinct test samples in batches: each sample is shown in every view of the
+ensemble once, every model runs on its view's images of the batch, and their probabilities
+are combined by `ensemble_weight` (serving/ensemble.py). Logs the time of every stage and
 every model.
 
 On a hidden test set nobody can inspect, one bad input or one bad model must not cost the
 whole submission:
 - a model that cannot be loaded, or that raises or gives non-probabilities on a batch
   (after one retry image by image), is dropped; the weights are renormalised over the rest;
-- a row that cannot be predicted from its own data (its test.csv cells, its spectrogram
-  file, a spectrogram with no usable signal) gets the fallback prediction: the ensemble's
-  training class prior (uniform for manifests that do not record it).
+- a recording that cannot be converted or read, or holds no usable signal, takes away the
+  views that need it for that sample: the models of the other views predict it (a partial
+  row, reported), and only a sample with no view left gets the fallback prediction: the
+  ensemble's training class prior (uniform for manifests that do not record it);
+- a test.csv row whose cells cannot be read is set aside.
 The run fails only when no model can predict or test.csv holds no row; with `strict`, every
-fallback, dropped model or set-aside row is an error (after the report is written).
+fallback, partial row, dropped model or set-aside row is an error (after the report is written).
 """
 
-import contextlib
 import logging
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from hms_offline.constants import CLASSES, ID_COLUMN
-from hms_offline.features.spectrogram import model_input, signal_fraction
 from hms_offline.models.engines import AUTO, EngineLoader, engine_order
-from hms_offline.models.manifest import ManifestError, ModelEntry, load_manifest, weights_path
+from hms_offline.models.manifest import load_manifest
+from hms_offline.serving.ensemble import Ensemble, NoModelError, load_members
 from hms_offline.serving.inference_report import (
-    REPORT_NAME, DroppedModel, FallbackRow, InferenceReport, runtime_versions, tensorflow_warnings,
+    REPORT_NAME, DroppedModel, FallbackRow, InferenceReport, runtime_versions, tensorflow_warnings, timed,
 )
+from hms_offline.serving.samples import SampleReader, convert_test_recordings, distinct_samples, sources_of
 from hms_offline.serving.submission import (
     build_submission,
     read_sample_submission,
@@ -44,211 +45,58 @@ from hms_offline.serving.submission import (
 
 log = logging.getLogger(__name__)
 
-# A window with less than this share of cells holding power (finite, > 0) has no usable
-# signal: its standardised image is (nearly) constant and a model's answer to it means
-# nothing, so its row gets the fallback. Real test spectrograms hold power in ~100%.
-MIN_SIGNAL_FRACTION = 0.1
 # Images per model call: within 5 % of the best on CPU from 4 to 16 (README, benchmarks/).
 DEFAULT_BATCH_SIZE = 16
 
-
-class NoModelError(ManifestError):
-    """No model of the ensemble can predict."""
+__all__ = ["DEFAULT_BATCH_SIZE", "NoModelError", "StrictModeError", "predict_competition", "predict_sample",
+           "predict_samples"]
 
 
 class StrictModeError(ValueError):
     """A `strict` run that departed from a clean one."""
 
 
-@contextlib.contextmanager
-def timed(into: dict[str, float], name: str):
-    """Add the wall time of the block to `into[name]`."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        into[name] = into.get(name, 0.0) + time.perf_counter() - start
+def predict_samples(ensemble: Ensemble, reader: SampleReader, samples, batch_size: int):
+    """Probabilities for each sample (row of `samples`), one batch in memory at a time.
 
-
-@dataclass
-class Member:
-    """One model of the ensemble: its manifest entry, the engine running it, its file."""
-
-    entry: ModelEntry
-    model: object  # predict_on_batch(images) -> probabilities
-    file: str
-
-    @property
-    def engine(self) -> str:
-        return getattr(self.model, "name", type(self.model).__name__)
-
-
-def load_members(entries: list[ModelEntry], root: Path, load) -> tuple[list[Member], list[DroppedModel]]:
-    """Open every entry with `load(entry, root)`; one that fails is dropped with the reason."""
-    members, dropped = [], []
-    for entry in entries:
-        file = str(weights_path(entry, root))
-        try:
-            members.append(Member(entry, load(entry, root), file))
-        except Exception as error:  # any failure of one model's files costs only that model
-            reason = f"cannot be loaded from {file}: {type(error).__name__}: {error}"
-            log.error("MODEL DROPPED: %s %s", entry.name, reason)
-            dropped.append(DroppedModel(entry.name, file, reason))
-            continue
-        log.info("loaded %s (%s, fold %s, weight %.3g) with engine %s", entry.name, entry.arch, entry.fold,
-                 entry.ensemble_weight, members[-1].engine)
-    return members, dropped
-
-
-def probability_problem(output: np.ndarray, rows: int) -> str | None:
-    """Why a model's batch output is not `rows` probability rows, or None."""
-    if output.shape != (rows, len(CLASSES)):
-        return f"output shape {output.shape}, expected {(rows, len(CLASSES))}"
-    if not np.isfinite(output).all():
-        return f"non-finite output on {int((~np.isfinite(output).all(axis=1)).sum())} of {rows} images"
-    if (output < 0).any() or (output.sum(axis=1) <= 0).any():
-        return "output rows that are not probabilities (negative, or summing to 0)"
-    return None
-
-
-class Ensemble:
-    """The loaded models, combined by their ensemble weights renormalised over the models
-    still in it; a model that fails on a batch leaves it, and the batch is predicted by the rest."""
-
-    def __init__(self, members: list[Member], dropped: list[DroppedModel] | None = None):
-        self.members = list(members)
-        self.dropped = list(dropped or [])
-        self.seconds: dict[str, float] = {}
-        if not self.members:
-            raise NoModelError("no model of the ensemble could be loaded" + self._dropped_listing())
-        if sum(member.entry.ensemble_weight for member in self.members) <= 0:
-            raise NoModelError("the ensemble weights of the loaded models sum to 0")
-
-    @property
-    def names(self) -> list[str]:
-        return [member.entry.name for member in self.members]
-
-    @property
-    def weights(self) -> np.ndarray:
-        raw = np.array([member.entry.ensemble_weight for member in self.members], dtype=np.float64)
-        return raw / raw.sum()
-
-    def _dropped_listing(self) -> str:
-        return "".join(f"\n  {model.name}: {model.reason}" for model in self.dropped)
-
-    def _run(self, member: Member, images: np.ndarray) -> tuple[np.ndarray | None, str | None]:
-        """The member's probabilities on the batch; on an error, one retry image by image."""
-        try:
-            output = np.asarray(member.model.predict_on_batch(images), dtype=np.float64)
-        except Exception as error:  # retried below; a second failure drops the model
-            log.error("model %s failed on a batch of %d (%s: %s): retrying image by image",
-                      member.entry.name, len(images), type(error).__name__, error)
-            try:
-                output = np.concatenate([
-                    np.asarray(member.model.predict_on_batch(images[i : i + 1]), dtype=np.float64)
-                    for i in range(len(images))
-                ])
-            except Exception as retry_error:
-                return None, f"raised on a batch, and again image by image: {type(retry_error).__name__}: {retry_error}"
-        return output, probability_problem(output, len(images))
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        outputs = {}
-        for member in list(self.members):
-            with timed(self.seconds, member.entry.name):
-                output, problem = self._run(member, images)
-            if problem:
-                self._drop(member, problem)
+    Returns the `[n, 6]` probabilities (NaN for a sample no model could be shown), {position:
+    FallbackRow} for those, and a FallbackRow per sample predicted without some view."""
+    out = np.full((len(samples), len(CLASSES)), np.nan)
+    failed, partial = {}, []
+    for start in tqdm(range(0, len(samples), batch_size), desc="predict", unit="batch", disable=None):
+        stop = min(start + batch_size, len(samples))
+        batch, missing = {}, {}
+        for position in range(start, stop):
+            images, missing[position] = reader.images(samples.iloc[position])
+            for view, image in images.items():
+                positions, stack = batch.setdefault(view, ([], []))
+                positions.append(position - start)
+                stack.append(image)
+        predicted = ensemble.predict({view: (np.array(p), np.stack(i)) for view, (p, i) in batch.items()}, stop - start)
+        out[start:stop] = predicted
+        for position in range(start, stop):
+            if not missing[position]:
+                continue
+            view, problem = next(iter(missing[position].items()))
+            sample = samples.iloc[position]
+            row = FallbackRow(sample[ID_COLUMN], sample["spectrogram_id"], problem.stage,
+                              f"input view {view}: {problem.reason}" if len(reader.views) > 1 else problem.reason)
+            if np.isnan(predicted[position - start]).any():
+                log.error("test sample eeg_id %s, spectrogram %s: %s: predicting the fallback",
+                          row.eeg_id, row.spectrogram_id, row.reason)
+                failed[position] = row
             else:
-                outputs[member.entry.name] = output
-        if not self.members:
-            raise NoModelError("every model of the ensemble failed" + self._dropped_listing())
-        return sum(weight * outputs[name] for name, weight in zip(self.names, self.weights))
-
-    def _drop(self, member: Member, reason: str) -> None:
-        log.error("MODEL DROPPED: %s (%s): %s; the ensemble goes on without it", member.entry.name, member.file, reason)
-        self.members.remove(member)
-        self.dropped.append(DroppedModel(member.entry.name, member.file, reason))
-
-    def class_prior(self) -> tuple[np.ndarray, str]:
-        """The fallback prediction: the weighted mean of the models' training class priors,
-        uniform when one of them does not record its prior (manifests older than it)."""
-        priors = [member.entry.class_prior for member in self.members]
-        if any(prior is None for prior in priors):
-            return np.full(len(CLASSES), 1.0 / len(CLASSES)), "uniform (the manifest records no class prior)"
-        prior = np.average(np.array(priors, dtype=np.float64), axis=0, weights=self.weights)
-        return prior / prior.sum(), f"class prior of the training rows, weighted over {len(priors)} model(s)"
+                log.error("test sample eeg_id %s, spectrogram %s: %s: predicted without it by the other views",
+                          row.eeg_id, row.spectrogram_id, row.reason)
+                partial.append(row)
+    return out, failed, partial
 
 
-def read_window(folder: Path, spectrogram_id) -> tuple[np.ndarray | None, FallbackRow | None]:
-    """The model input of one converted spectrogram, or why it cannot be predicted."""
-    path = Path(folder) / f"{spectrogram_id}.npy"
-    try:
-        spectrogram = np.load(path)
-        image = model_input(spectrogram)
-    except (OSError, ValueError, EOFError) as error:
-        return None, FallbackRow(None, spectrogram_id, "load", f"{path} unreadable: {error}")
-    fraction = signal_fraction(spectrogram)
-    if fraction < MIN_SIGNAL_FRACTION:
-        return None, FallbackRow(
-            None, spectrogram_id, "signal",
-            f"no usable signal: {fraction:.1%} of its 400x300 window finite and > 0, "
-            f"fewer than {MIN_SIGNAL_FRACTION:.0%} ({spectrogram.shape[1]} time steps)",
-        )
-    return image, None
-
-
-def predict_spectrograms(
-    ensemble: Ensemble, folder: Path, spectrogram_ids, batch_size: int
-) -> tuple[np.ndarray, dict]:
-    """Probabilities for each spectrogram id, in the given order, one batch in memory at a
-    time; rows that cannot be predicted are NaN, their reason (a FallbackRow) in the dict."""
-    out = np.full((len(spectrogram_ids), len(CLASSES)), np.nan)
-    failed = {}
-    for start in tqdm(range(0, len(spectrogram_ids), batch_size), desc="predict", unit="batch", disable=None):
-        images, positions = [], []
-        for position, sid in enumerate(spectrogram_ids[start : start + batch_size], start):
-            image, problem = read_window(folder, sid)
-            if problem:
-                log.error("test spectrogram %s: %s: predicting the fallback", sid, problem.reason)
-                failed[sid] = problem
-            else:
-                images.append(image)
-                positions.append(position)
-        if images:
-            out[positions] = ensemble.predict(np.stack(images))
-    return out, failed
-
-
-def convert_test_spectrograms(source: Path, converted: Path, ids, workers: int | None) -> dict:
-    """Convert the parquet files of `ids`; {id: FallbackRow} for each one with no .npy."""
-    from hms_offline.convert import ConversionError, convert_tree
-
-    reasons = {}
-    try:
-        convert_tree(source, converted, workers=workers, only={str(sid) for sid in ids}, isolate=True)
-    except ConversionError as error:  # the files that did convert are still used
-        log.error("%s", error)
-        reasons = error.failures
-    except (ValueError, FileNotFoundError) as error:  # nothing to convert at all
-        log.error("%s", error)
-        reasons = {str(sid): str(error) for sid in ids}
-    return {
-        sid: FallbackRow(None, sid, "convert", reasons.get(
-            str(sid), f"no parquet file for it in {source} (looked for {sid}.parquet or {sid}.pq, any case)"))
-        for sid in ids
-        if not (converted / f"{sid}.npy").is_file()
-    }
-
-
-def fallback_rows_of_submission(sample, test_rows, per_row, failed, set_aside) -> list[FallbackRow]:
+def fallback_rows_of_submission(sample, test_rows, per_row, failed: list[FallbackRow], set_aside) -> list[FallbackRow]:
     """Each sample row predicted by the fallback, with the reason of its first test row."""
     first_problem = {}
-    for row in set_aside:
+    for row in [*set_aside, *failed]:
         first_problem.setdefault(row.eeg_id, row)
-    for spectrogram_id, eeg_id in zip(test_rows["spectrogram_id"], test_rows[ID_COLUMN]):
-        if spectrogram_id in failed:
-            first_problem.setdefault(eeg_id, failed[spectrogram_id])
     rows = []
     for position in unpredicted_rows(sample, test_rows[ID_COLUMN].to_numpy(), per_row):
         eeg_id = sample[ID_COLUMN].iloc[position]
@@ -275,7 +123,7 @@ def predict_competition(
     prepare_keras=None,
     load=None,
 ) -> InferenceReport:
-    """test.csv + test_spectrograms/ + sample_submission.csv -> `output` (submission.csv)
+    """test.csv + the test recordings + sample_submission.csv -> `output` (submission.csv)
     and inference_report.json beside it.
 
     `engine` runs every model (`auto`: the fastest that opens each; see hms_offline.models.engines);
@@ -296,7 +144,7 @@ def predict_competition(
         for row in test.set_aside:
             log.error("test.csv line %d set aside: %s", row.line, row.reason)
         report.set_aside_test_rows = [FallbackRow(r.eeg_id, r.spectrogram_id, "test.csv", r.reason) for r in test.set_aside]
-        unique_ids = test.rows["spectrogram_id"].drop_duplicates().tolist()
+        samples = distinct_samples(test.rows)
         with timed(stages, "load models"):
             manifest, root = load_manifest(bundle_dir)
             rejected = [DroppedModel(name, str(root), reason) for name, reason in manifest.rejected]
@@ -308,30 +156,47 @@ def predict_competition(
                                                       report.versions.get("tensorflow"))
         for warning in report.version_warnings:
             log.warning("%s", warning)
+        report.views = ensemble.views
         with timed(stages, "convert"):
-            converted = work_dir / "test_spectrograms"
-            failed = convert_test_spectrograms(data_dir / "test_spectrograms", converted, unique_ids, workers)
+            sources = sources_of(ensemble.views)
+            log.info("input views %s read %s", ", ".join(ensemble.views), " and ".join(sources))
+            folders, problems = convert_test_recordings(data_dir, work_dir, samples, sources, workers)
         with timed(stages, "predict"):
-            readable = [sid for sid in unique_ids if sid not in failed]
-            per_spectrogram, unreadable = predict_spectrograms(ensemble, converted, readable, batch_size)
-            failed.update(unreadable)
-            index = {sid: i for i, sid in enumerate(readable)}
-            per_row = np.full((len(test.rows), len(CLASSES)), np.nan)
-            known = test.rows["spectrogram_id"].map(index)
-            per_row[known.notna().to_numpy()] = per_spectrogram[known.dropna().astype(int).to_numpy()]
+            reader = SampleReader(ensemble.views, folders, problems)
+            per_sample, failed, report.partial_rows = predict_samples(ensemble, reader, samples, batch_size)
+            per_row = per_sample[row_positions(test.rows, samples)]
         fallback, report.fallback_source = ensemble.class_prior()
         report.fallback = fallback.tolist()
         with timed(stages, "write"):
             submission = build_submission(sample, test.rows[ID_COLUMN].to_numpy(), per_row, fallback)
-            report.fallback_rows = fallback_rows_of_submission(sample, test.rows, per_row, failed,
+            report.fallback_rows = fallback_rows_of_submission(sample, test.rows, per_row, list(failed.values()),
                                                              report.set_aside_test_rows)
-            report.rows, report.spectrograms = len(submission), len(unique_ids)
-            report.models = [{"name": name, "engine": member.engine, "file": member.file, "weight": float(weight)}
+            report.rows, report.spectrograms = len(submission), int(samples["spectrogram_id"].nunique())
+            report.eegs = int(samples[ID_COLUMN].nunique()) if "eeg" in sources else 0
+            report.models = [{"name": name, "engine": member.engine, "view": member.view, "file": member.file,
+                              "weight": float(weight)}
                              for name, weight, member in zip(ensemble.names, ensemble.weights, ensemble.members)]
             report.models_dropped = ensemble.dropped
             report.model_seconds = dict(ensemble.seconds)
             _finish(report, submission, output, strict)
     return report
+
+
+def predict_sample(bundle_dir: Path, images_of, engine: str = AUTO) -> tuple[np.ndarray, list[str]]:
+    """One sample's probabilities from the bundle's ensemble, and the names of the models that
+    predicted it; `images_of(views) -> {view: image}` shows the sample in the ensemble's views."""
+    manifest, root = load_manifest(bundle_dir)
+    members, dropped = load_members(manifest.models, root, EngineLoader(engine))
+    ensemble = Ensemble(members, dropped)
+    images = images_of(ensemble.views)
+    probabilities = ensemble.predict({view: (np.array([0]), image[None]) for view, image in images.items()}, 1)[0]
+    return probabilities, ensemble.names
+
+
+def row_positions(test_rows, samples) -> np.ndarray:
+    """For each usable test.csv row, the position of its sample."""
+    index = {pair: i for i, pair in enumerate(zip(samples["spectrogram_id"], samples[ID_COLUMN]))}
+    return np.array([index[pair] for pair in zip(test_rows["spectrogram_id"], test_rows[ID_COLUMN])], dtype=np.int64)
 
 
 def _finish(report: InferenceReport, submission, output: Path, strict: bool) -> None:

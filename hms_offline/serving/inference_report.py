@@ -6,10 +6,12 @@ why, the models used and dropped, engine, versions and timings.
 A version warning (this TensorFlow older than a model's training one) is not one of them.
 """
 
+import contextlib
 import dataclasses
 import json
 import platform
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ class FallbackRow:
 
     eeg_id: object
     spectrogram_id: int | None
-    stage: str  # test.csv, sample_submission.csv, convert, load, signal, predict
+    stage: str  # test.csv, sample_submission.csv, convert, load, signal
     reason: str
 
 
@@ -42,11 +44,15 @@ class InferenceReport:
     submission: str = ""  # the path written (or, under --strict, not written)
     rows: int = 0
     spectrograms: int = 0
+    eegs: int = 0  # test EEG files read (0 when no input view of the ensemble needs them)
+    views: list[str] = field(default_factory=list)  # the input views of the ensemble's models
     engine: str = "auto"  # the one asked for; each model's own is in `models`
     fallback: list[float] = field(default_factory=list)
     fallback_source: str = ""
     fallback_rows: list[FallbackRow] = field(default_factory=list)  # rows of submission.csv
     set_aside_test_rows: list[FallbackRow] = field(default_factory=list)  # rows of test.csv not used
+    # Test samples predicted without the models of some view (its recording unusable), by the rest.
+    partial_rows: list[FallbackRow] = field(default_factory=list)
     models: list[dict] = field(default_factory=list)  # name, engine, file, weight (renormalised)
     models_dropped: list[DroppedModel] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # choices a reader should know of
@@ -73,6 +79,8 @@ class InferenceReport:
             [f"test.csv row set aside: {row.reason}" for row in self.set_aside_test_rows]
             + [f"eeg_id {row.eeg_id} (spectrogram {row.spectrogram_id}) got the fallback at stage "
                f"{row.stage}: {row.reason}" for row in self.fallback_rows]
+            + [f"eeg_id {row.eeg_id} (spectrogram {row.spectrogram_id}) predicted without some models at stage "
+               f"{row.stage}: {row.reason}" for row in self.partial_rows]
             + [f"model {model.name} ({model.file}) dropped: {model.reason}" for model in self.models_dropped]
             + self.warnings
         )
@@ -80,7 +88,8 @@ class InferenceReport:
     def lines(self) -> list[str]:
         out = [
             f"submission rows: {self.rows}",
-            f"test spectrograms: {self.spectrograms}",
+            f"test spectrograms: {self.spectrograms}" + (f", test EEGs: {self.eegs}" if self.eegs else ""),
+            f"input views: {', '.join(self.views)}",
             f"engine: {self.engine} ({self.engines_used()})",
             f"models: {len(self.models)} ({', '.join(model['name'] for model in self.models)})",
             f"models dropped: {len(self.models_dropped)}"
@@ -90,6 +99,8 @@ class InferenceReport:
             + "".join(f"\n  eeg_id {row.eeg_id}: {row.stage}: {row.reason}"
                       for row in self.fallback_rows[:LISTED_IN_LOG])
             + (f"\n  ... and {len(self.fallback_rows) - LISTED_IN_LOG} more" if len(self.fallback_rows) > LISTED_IN_LOG else ""),
+            f"partial rows (some views unusable): {len(self.partial_rows)}"
+            + "".join(f"\n  eeg_id {row.eeg_id}: {row.stage}: {row.reason}" for row in self.partial_rows[:LISTED_IN_LOG]),
             f"test.csv rows set aside: {len(self.set_aside_test_rows)}",
         ]
         out += [f"warning: {warning}" for warning in self.warnings]
@@ -103,6 +114,16 @@ class InferenceReport:
 
     def write(self, path: Path) -> Path:
         return write_text_atomically(Path(path), self.to_json())
+
+
+@contextlib.contextmanager
+def timed(into: dict[str, float], name: str):
+    """Add the wall time of the block to `into[name]` (a stage's, a model's)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        into[name] = into.get(name, 0.0) + time.perf_counter() - start
 
 
 def release(version: str) -> tuple[int, ...]:

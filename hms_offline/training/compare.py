@@ -12,7 +12,7 @@ import pandas as pd
 
 from hms_offline.atomic import write_text_atomically
 from hms_offline.constants import IMAGE_SHAPE
-from hms_offline.training.figures import integer_ticks, pyplot, save_figure
+from hms_offline.figures import integer_ticks, pyplot, save_figure
 from hms_offline.training.run_folder import CV_NAME, HISTORY_NAME, fold_dir, read_json, write_csv
 
 log = logging.getLogger(__name__)
@@ -42,11 +42,13 @@ def run_row(run_dir: Path) -> dict:
     row = {
         "run": run_dir.name,
         "arch": cv["arch"],
+        "input": cv.get("input", "kaggle"),
         "parameters": cv["parameters"],
         "trainable_parameters": cv["trainable_parameters"],
         "folds": " ".join(map(str, cv["folds"])),
         "cv_kl": cv["cv_kl"],
         "prior_kl": cv["prior_kl"],
+        "stage1_cv_kl": cv["stages"][0]["cv_kl"] if "stages" in cv else float("nan"),
         "mean_best_val_loss": float(np.mean([f["best_val_loss"] for f in cv["per_fold"]])),
         "train_samples_per_s": training_speed(pd.concat(histories)),
     }

@@ -12,6 +12,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hms_offline.features.views import INPUT_CHOICES
 from hms_offline.models.registry import ARCHITECTURES, check_arch
 
 LABEL_MODES = ("fractions", "consensus")
@@ -62,6 +63,10 @@ class TrainConfig:
     folds: list[int] | None = _option(
         None, "folds to train: 'all' (default) or e.g. '0,2'", parse=parse_folds, metavar="all|0,2"
     )
+    input: str = _option(
+        "kaggle", "model input: the Kaggle spectrogram (the starter's), the spectrogram computed from the raw "
+        "EEG in the bipolar montage, or both stacked into one image's channels", choices=tuple(INPUT_CHOICES),
+    )
     n_splits: int = _option(5, "number of StratifiedGroupKFold folds")
     fold_seed: int = _option(42, "StratifiedGroupKFold random_state")
     folds_file: Path | None = _option(
@@ -89,6 +94,17 @@ class TrainConfig:
     mixup_alpha: float = _option(2.0, "MixUp alpha")
     time_mask_p: float = _option(0.5, "probability of a keras-cv RandomCutout time mask")
     freq_mask_p: float = _option(0.5, "probability of a keras-cv RandomCutout frequency mask")
+    mirror_p: float = _option(
+        0.0, "probability a training image is mirrored left <-> right (its LL/RL and LP/RP chains swapped)"
+    )
+    stage2_min_votes: int | None = _option(
+        None, "train a second stage, from the first's best weights, on the training rows with at least "
+        "this many votes (e.g. 10; default: one stage)"
+    )
+    stage2_epochs: int = _option(4, "epochs of the second stage")
+    stage2_learning_rate: float = _option(
+        1e-4, "learning rate the second stage starts at (cosine decay to --final-learning-rate, no warm-up)"
+    )
     bn_momentum: float | None = _option(
         None,
         "cap on every BatchNormalization momentum (default: "
@@ -138,7 +154,8 @@ class TrainConfig:
     def _check(self) -> None:
         """Every value in range (for a resolved config: the peak learning rate is set)."""
         check_arch(self.arch)
-        positive = ("n_splits", "epochs", "batch_size", "max_samples", "steps_per_epoch")
+        positive = ("n_splits", "epochs", "batch_size", "max_samples", "steps_per_epoch", "stage2_min_votes",
+                    "stage2_epochs")
         for name in positive:
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -151,7 +168,7 @@ class TrainConfig:
             raise ValueError(
                 f"warmup_epochs ({self.warmup_epochs}) must be >= 0 and less than epochs ({self.epochs})"
             )
-        for name in ("mixup_p", "time_mask_p", "freq_mask_p"):
+        for name in ("mixup_p", "time_mask_p", "freq_mask_p", "mirror_p"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
         if self.bn_momentum is not None and not 0 <= self.bn_momentum < 1:
@@ -161,8 +178,18 @@ class TrainConfig:
                 f"final_learning_rate ({self.final_learning_rate}) must be > 0 and "
                 f"<= peak_learning_rate ({self.peak_learning_rate})"
             )
+        if self.stage2_min_votes is not None and not 0 < self.final_learning_rate <= self.stage2_learning_rate:
+            raise ValueError(
+                f"stage2_learning_rate ({self.stage2_learning_rate}) must be >= "
+                f"final_learning_rate ({self.final_learning_rate})"
+            )
         if self.initial_learning_rate < 0:
             raise ValueError(f"initial_learning_rate must be >= 0, got {self.initial_learning_rate}")
+
+    @property
+    def view(self) -> str:
+        """The input view's name (features/views.py) that `input` chooses."""
+        return INPUT_CHOICES[self.input]
 
     def fold_list(self) -> list[int]:
         return list(range(self.n_splits)) if self.folds is None else list(self.folds)

@@ -1,8 +1,11 @@
-"""Training loader: labelled windows -> `tf.data` batches through THE preprocessing.
+"""Training loader: labelled windows -> `tf.data` batches through THE transform of the run's
+input view.
 
-Each example is `preprocess.model_input(<spectrogram_id>.npy, spectrogram_label_offset_seconds)`,
-the same function the kernel applies to a test spectrogram, so a model trains on exactly
-what it will be shown. The converted spectrograms are memory-mapped: only the window is read.
+Each example is the view's image of the label's recordings (`<spectrogram_id>.npy` at
+`spectrogram_label_offset_seconds`, `<eeg_id>.npy` at `eeg_label_offset_seconds`, as the view
+needs), computed by the same function the kernel applies to a test sample
+(features/views.py), so a model trains on exactly what it will be shown. The converted
+recordings are memory-mapped: only the window is read.
 """
 
 import hashlib
@@ -14,11 +17,10 @@ import numpy as np
 import pandas as pd
 
 from hms_offline.constants import CLASSES, IMAGE_SHAPE
-from hms_offline.features.spectrogram import model_input
+from hms_offline.features.sources import SOURCES
+from hms_offline.features.views import get_view
 
 log = logging.getLogger(__name__)
-
-SPECTROGRAM_FOLDER = "train_spectrograms"
 
 
 def default_cache_dir(data_dir: Path) -> Path:
@@ -29,66 +31,84 @@ def default_cache_dir(data_dir: Path) -> Path:
     return root / f"{Path(data_dir).name}-{digest}"
 
 
-def spectrogram_path(folder: Path, spectrogram_id) -> Path:
-    return Path(folder) / f"{spectrogram_id}.npy"
-
-
-def check_files(folder: Path, labels: pd.DataFrame, suffix: str) -> None:
-    """Every spectrogram_id of `labels` has `<id><suffix>` in `folder`, or a FileNotFoundError
-    naming the first missing files."""
-    ids = labels["spectrogram_id"].unique()
-    missing = [path for path in (Path(folder) / f"{sid}{suffix}" for sid in ids) if not path.is_file()]
+def check_files(folder: Path, labels: pd.DataFrame, source: str, suffix: str) -> None:
+    """Every recording of `source` that `labels` name has `<id><suffix>` in `folder`, or a
+    FileNotFoundError naming the first missing files."""
+    ids = labels[SOURCES[source].id_column].unique()
+    missing = [path for path in (Path(folder) / f"{i}{suffix}" for i in ids) if not path.is_file()]
     if missing:
         shown = ", ".join(str(path) for path in missing[:5])
         raise FileNotFoundError(
-            f"{len(missing)} of {len(ids)} spectrogram files missing: {shown}{', ...' if len(missing) > 5 else ''}"
+            f"{len(missing)} of {len(ids)} {source} files missing: {shown}{', ...' if len(missing) > 5 else ''}"
         )
 
 
-def prepare_spectrograms(
+def check_offsets(labels: pd.DataFrame, sources, path: Path) -> None:
+    """The offset column of every source is in train.csv, numeric and >= 0."""
+    for name in sources:
+        column = SOURCES[name].offset_column
+        if column not in labels.columns:
+            raise ValueError(f"{path}: missing column {column!r}, which the {name} input needs")
+        bad = pd.to_numeric(labels[column], errors="coerce")
+        bad = bad.isna() | (bad < 0)
+        if bad.any():
+            examples = ", ".join(str(value) for value in labels.loc[bad, "label_id"].head(5))
+            raise ValueError(f"{path}: {int(bad.sum())} row(s) with {column!r} missing or negative (label_id {examples})")
+
+
+def prepare_recordings(
     data_dir: Path,
     labels: pd.DataFrame,
+    sources,
     work_dir: Path | None = None,
     spectrogram_dir: Path | None = None,
-) -> Path:
-    """The folder of `<spectrogram_id>.npy` files for `labels`.
+) -> dict[str, Path]:
+    """{source: the folder of its `<id>.npy` files} for `labels`, for each source the view reads.
 
-    `spectrogram_dir` is used as it is; otherwise `<data_dir>/train_spectrograms/*.parquet`
-    are converted (files already up to date are skipped) into `work_dir` or the default cache.
+    `spectrogram_dir` is used as it is; otherwise `<data_dir>/<train folder>/*.parquet` are
+    converted (files already up to date are skipped) into `work_dir` or the default cache.
     """
-    if spectrogram_dir is not None:
-        check_files(spectrogram_dir, labels, ".npy")
-        return Path(spectrogram_dir)
-    from hms_offline.convert import convert_tree
+    folders = {}
+    for name in sources:
+        source = SOURCES[name]
+        if name == "spectrogram" and spectrogram_dir is not None:
+            check_files(spectrogram_dir, labels, name, ".npy")
+            folders[name] = Path(spectrogram_dir)
+            continue
+        from hms_offline.convert import convert_tree
 
-    source = Path(data_dir) / SPECTROGRAM_FOLDER
-    if not source.is_dir():
-        raise FileNotFoundError(f"{source} not found (or pass --spectrogram-dir with converted .npy files)")
-    check_files(source, labels, ".parquet")
-    target = Path(work_dir or default_cache_dir(data_dir)) / SPECTROGRAM_FOLDER
-    log.info("converting %s -> %s (files up to date are skipped)", source, target)
-    convert_tree(source, target, only={str(sid) for sid in labels["spectrogram_id"].unique()})
-    return target
-
-
-def load_image(folder: Path, spectrogram_id, offset_seconds: float) -> np.ndarray:
-    """One labelled window as the model sees it: `[400, 300, 3]` float32."""
-    spectrogram = np.load(spectrogram_path(folder, spectrogram_id), mmap_mode="r")
-    return np.asarray(model_input(spectrogram, float(offset_seconds)), dtype=np.float32)
+        origin = Path(data_dir) / source.train_folder
+        if not origin.is_dir():
+            hint = " (or pass --spectrogram-dir with converted .npy files)" if name == "spectrogram" else ""
+            raise FileNotFoundError(f"{origin} not found{hint}")
+        check_files(origin, labels, name, ".parquet")
+        target = Path(work_dir or default_cache_dir(data_dir)) / source.train_folder
+        log.info("converting %s -> %s (files up to date are skipped)", origin, target)
+        convert_tree(origin, target, only={str(i) for i in labels[source.id_column].unique()})
+        folders[name] = target
+    return folders
 
 
 class WindowTable:
-    """The rows a dataset may draw from: spectrogram id, offset and target per position."""
+    """The rows a dataset may draw from: each row's recordings and offsets, and its target."""
 
-    def __init__(self, folder: Path, labels: pd.DataFrame, targets: np.ndarray):
-        self.folder = Path(folder)
-        self.spectrogram_ids = labels["spectrogram_id"].to_numpy()
-        self.offsets = labels["spectrogram_label_offset_seconds"].to_numpy(dtype=np.float64)
+    def __init__(self, folders: dict[str, Path], labels: pd.DataFrame, targets: np.ndarray, view: str):
+        self.view = get_view(view)
+        self.folders = {name: Path(folders[name]) for name in self.view.sources}
+        self.ids = {name: labels[SOURCES[name].id_column].to_numpy() for name in self.view.sources}
+        self.offsets = {name: labels[SOURCES[name].offset_column].to_numpy(dtype=np.float64) for name in self.view.sources}
         self.targets = np.asarray(targets, dtype=np.float32)
+
+    def image(self, position: int) -> np.ndarray:
+        """One labelled window as the model sees it: `[400, 300, 3]` float32."""
+        arrays = {name: np.load(self.folders[name] / f"{self.ids[name][position]}.npy", mmap_mode="r")
+                  for name in self.view.sources}
+        offsets = {name: float(self.offsets[name][position]) for name in self.view.sources}
+        return np.asarray(self.view.image(arrays, offsets), dtype=np.float32)
 
     def example(self, position) -> tuple[np.ndarray, np.ndarray]:
         i = int(position)
-        return load_image(self.folder, self.spectrogram_ids[i], self.offsets[i]), self.targets[i]
+        return self.image(i), self.targets[i]
 
 
 def window_dataset(table: WindowTable, positions: np.ndarray, batch_size: int, drop_remainder: bool, augment=None):

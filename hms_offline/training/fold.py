@@ -1,6 +1,12 @@
 """One fold: its training and validation rows, the compiled model, `fit` with the checkpoint
 callback, and, once trained, the fold's files: the best weights, out-of-fold predictions,
-history, config and, last, summary.json."""
+history, config and, last, summary.json.
+
+With `stage2_min_votes`, a fold trains in two stages: the first on all its training rows
+(its files in `fold<k>/stage1/`), the second from the first's best weights on the rows with
+at least that many votes (its files in `fold<k>/`, what the manifest ships). Both are scored
+on the same validation rows; each stage resumes from its own checkpoint.
+"""
 
 import dataclasses
 import logging
@@ -19,11 +25,11 @@ from hms_offline.training.checkpoint import FoldCheckpoint
 from hms_offline.training.config import PROGRESS_MODES, TrainConfig
 from hms_offline.training.data import WindowTable, window_dataset
 from hms_offline.training.labels import (
-    epoch_stream, first_row_per_eeg, make_sampler, prior, training_targets, vote_fractions,
+    epoch_stream, first_row_per_eeg, make_sampler, prior, training_targets, vote_counts, vote_fractions,
 )
 from hms_offline.training.run_folder import (CHECKPOINT_DIR, CONFIG_NAME, FOLD_SUMMARY_NAME, HISTORY_NAME,
                                              OOF_ID_COLUMNS, OOF_NAME, PREDICTED_COLUMNS, TRUE_COLUMNS, fold_dir,
-                                             weights_name, write_csv, write_json)
+                                             stage_dir, weights_name, write_csv, write_json)
 from hms_offline.training.schedule import schedule_for
 
 log = logging.getLogger(__name__)
@@ -37,40 +43,84 @@ class FoldData:
     steps_per_epoch: int
 
 
-def split_fold(config: TrainConfig, labels: pd.DataFrame, fold: int) -> FoldData:
+@dataclasses.dataclass
+class Stage:
+    """One training stage of a fold: its number, folder and settings, the least votes of its
+    training rows, and the weights it starts from (None: the backbone's initialisation)."""
+
+    number: int
+    directory: Path
+    config: TrainConfig
+    min_votes: int | None = None
+    start_from: Path | None = None
+
+
+def fold_stages(config: TrainConfig, fold: int) -> list[Stage]:
+    """The fold's one stage, or two with `stage2_min_votes`."""
+    if config.stage2_min_votes is None:
+        return [Stage(1, fold_dir(config.out, fold), config)]
+    first = stage_dir(config.out, fold, 1)
+    second = dataclasses.replace(
+        config, epochs=config.stage2_epochs, warmup_epochs=0.0,
+        initial_learning_rate=config.stage2_learning_rate, peak_learning_rate=config.stage2_learning_rate,
+    )
+    return [Stage(1, first, config),
+            Stage(2, fold_dir(config.out, fold), second, config.stage2_min_votes,
+                  first / weights_name(config.arch, fold))]
+
+
+def split_fold(config: TrainConfig, labels: pd.DataFrame, fold: int, min_votes: int | None = None) -> FoldData:
     train_rows = labels[labels["fold"] != fold].reset_index(drop=True)
+    if min_votes is not None:
+        train_rows = train_rows[vote_counts(train_rows) >= min_votes].reset_index(drop=True)
     held_out = labels[labels["fold"] == fold].reset_index(drop=True)
     validation_rows = held_out.iloc[first_row_per_eeg(held_out)].reset_index(drop=True)
     if train_rows.empty or validation_rows.empty:
+        votes = f" with at least {min_votes} votes" if min_votes is not None else ""
         raise ValueError(
-            f"fold {fold}: {len(train_rows)} training and {len(validation_rows)} validation rows; "
-            "too few train.csv rows for the folds (see --max-samples)"
+            f"fold {fold}: {len(train_rows)} training rows{votes} and {len(validation_rows)} validation rows; "
+            "too few train.csv rows for the folds (see --max-samples, --stage2-min-votes)"
         )
     sampler = make_sampler(config.sampling, train_rows, config.seed + fold)
     steps = config.steps_per_epoch or max(1, sampler.rows_per_epoch // config.batch_size)
     return FoldData(train_rows, validation_rows, sampler, steps)
 
 
-def train_fold(config: TrainConfig, labels: pd.DataFrame, folder: Path, fold: int, strategy) -> None:
-    directory = fold_dir(config.out, fold)
-    data = split_fold(config, labels, fold)
+def train_fold(config: TrainConfig, labels: pd.DataFrame, folders: dict[str, Path], fold: int, strategy) -> None:
+    """Every stage of the fold not finished yet (a stage with a summary.json is)."""
+    for stage in fold_stages(config, fold):
+        if (stage.directory / FOLD_SUMMARY_NAME).is_file():
+            log.info("fold %d stage %d is already finished in %s", fold, stage.number, stage.directory)
+            continue
+        train_stage(stage, labels, folders, fold, strategy)
+
+
+def train_stage(stage: Stage, labels: pd.DataFrame, folders: dict[str, Path], fold: int, strategy) -> None:
+    config = stage.config
+    data = split_fold(config, labels, fold, stage.min_votes)
     fold_config = dataclasses.replace(config, folds=[fold], steps_per_epoch=data.steps_per_epoch)
-    checkpoint = FoldCheckpoint(directory / CHECKPOINT_DIR, fold, fold_config)
-    keras.utils.set_random_seed(config.seed + fold)
+    checkpoint = FoldCheckpoint(stage.directory / CHECKPOINT_DIR, fold, fold_config)
+    keras.utils.set_random_seed(config.seed + fold + 1000 * (stage.number - 1))
     with strategy.scope():
         model = training_model(fold_config)
+        if stage.start_from is not None and checkpoint.state["last"] is None:
+            model.load_weights(str(stage.start_from))
+            log.info("fold %d stage %d starts from %s", fold, stage.number, stage.start_from)
         checkpoint.restore(model)
-    warn_if_batch_statistics_lag(model, fold_config)
+    if stage.start_from is None:
+        warn_if_batch_statistics_lag(model, fold_config)
+    votes = f" with >= {stage.min_votes} votes" if stage.min_votes is not None else ""
     log.info(
-        "fold %d: %d training rows (%d windows per epoch, %s), %d validation EEGs; "
+        "fold %d%s: %d training rows%s (%d windows per epoch, %s), %d validation EEGs; input %s; "
         "%d steps x batch %d for epochs %d..%d of %d",
-        fold, len(data.train_rows), data.sampler.rows_per_epoch, config.sampling, len(data.validation_rows),
+        fold, f" stage {stage.number}" if config.stage2_min_votes is not None else "", len(data.train_rows), votes,
+        data.sampler.rows_per_epoch, config.sampling, len(data.validation_rows), config.input,
         data.steps_per_epoch, config.batch_size, checkpoint.completed_epochs + 1, config.epochs, config.epochs,
     )
-    validation = validation_dataset(config, folder, data.validation_rows)
+    validation = validation_dataset(config, folders, data.validation_rows)
     if checkpoint.completed_epochs < config.epochs:
         model.fit(
-            training_dataset(config, folder, data, checkpoint.completed_epochs),
+            training_dataset(config, folders, data, checkpoint.completed_epochs),
             validation_data=validation,
             epochs=config.epochs,
             initial_epoch=checkpoint.completed_epochs,
@@ -79,7 +129,7 @@ def train_fold(config: TrainConfig, labels: pd.DataFrame, folder: Path, fold: in
             shuffle=False,  # the sampler already shuffled each epoch
             verbose=PROGRESS_MODES[config.progress],
         )
-    finish_fold(fold_config, data, validation, checkpoint, model)
+    finish_stage(stage, fold_config, data, validation, checkpoint, model)
 
 
 def training_model(config: TrainConfig):
@@ -117,24 +167,26 @@ def warn_if_batch_statistics_lag(model, config: TrainConfig) -> None:
         )
 
 
-def training_dataset(config: TrainConfig, folder: Path, data: FoldData, first_epoch: int):
-    table = WindowTable(folder, data.train_rows, training_targets(data.train_rows, config.labels))
+def training_dataset(config: TrainConfig, folders: dict[str, Path], data: FoldData, first_epoch: int):
+    table = WindowTable(folders, data.train_rows, training_targets(data.train_rows, config.labels), config.view)
     positions = epoch_stream(data.sampler, first_epoch, config.epochs, data.steps_per_epoch * config.batch_size)
-    augment = build_augmenter(config.mixup_p, config.mixup_alpha, config.time_mask_p, config.freq_mask_p, config.seed)
+    augment = build_augmenter(config.mixup_p, config.mixup_alpha, config.time_mask_p, config.freq_mask_p, config.seed,
+                              mirror_p=config.mirror_p)
     return window_dataset(table, positions, config.batch_size, drop_remainder=True, augment=augment)
 
 
-def validation_dataset(config: TrainConfig, folder: Path, rows: pd.DataFrame):
+def validation_dataset(config: TrainConfig, folders: dict[str, Path], rows: pd.DataFrame):
     """Validation always scores vote fractions, the metric's target, whatever --labels says."""
-    table = WindowTable(folder, rows, vote_fractions(rows))
+    table = WindowTable(folders, rows, vote_fractions(rows), config.view)
     return window_dataset(table, np.arange(len(rows)), config.batch_size, drop_remainder=False)
 
 
-def finish_fold(config: TrainConfig, data: FoldData, validation, checkpoint: FoldCheckpoint, model) -> None:
+def finish_stage(stage: Stage, config: TrainConfig, data: FoldData, validation, checkpoint: FoldCheckpoint,
+                 model) -> None:
     """Best weights (without optimizer state), out-of-fold predictions, history, config and,
-    last, summary.json; then the checkpoint is removed."""
+    last, summary.json, in the stage's folder; then the checkpoint is removed."""
     fold = config.folds[0]
-    directory = fold_dir(config.out, fold)
+    directory = stage.directory
     state = checkpoint.state
     if state["best"] is None:
         raise RuntimeError(f"fold {fold}: no epoch reached a finite val_loss; nothing to keep")
@@ -148,6 +200,9 @@ def finish_fold(config: TrainConfig, data: FoldData, validation, checkpoint: Fol
     write_text_atomically(directory / CONFIG_NAME, config.to_json())
     summary = {
         "fold": fold,
+        "stage": stage.number,
+        "min_votes": stage.min_votes,
+        "input": config.view,
         "arch": config.arch,
         "weights": weights.name,
         "best_epoch": state["best_epoch"],
@@ -163,8 +218,8 @@ def finish_fold(config: TrainConfig, data: FoldData, validation, checkpoint: Fol
     }
     write_json(summary, directory / FOLD_SUMMARY_NAME)
     shutil.rmtree(checkpoint.directory)
-    log.info("fold %d finished: best val_loss %.4f at epoch %d -> %s",
-             fold, summary["best_val_loss"], summary["best_epoch"], weights)
+    log.info("fold %d stage %d finished: best val_loss %.4f at epoch %d -> %s",
+             fold, stage.number, summary["best_val_loss"], summary["best_epoch"], weights)
 
 
 def predict_probabilities(model, dataset) -> np.ndarray:

@@ -60,6 +60,11 @@ def _refuse_rows(labels: pd.DataFrame, bad: pd.Series, path: Path, problem: str)
         raise ValueError(f"{path}: {int(bad.sum())} row(s) with {problem} (label_id {examples})")
 
 
+def vote_counts(labels: pd.DataFrame) -> np.ndarray:
+    """Each row's number of votes (the experts who labelled it)."""
+    return labels[list(VOTE_COLUMNS)].to_numpy(dtype=np.float64).sum(axis=1)
+
+
 def vote_fractions(labels: pd.DataFrame) -> np.ndarray:
     """`[rows, 6]` float32: each row's votes divided by their sum."""
     votes = labels[list(VOTE_COLUMNS)].to_numpy(dtype=np.float64)

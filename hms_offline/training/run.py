@@ -16,7 +16,8 @@ import pandas as pd
 from hms_offline.atomic import write_text_atomically
 from hms_offline.models.manifest import MANIFEST_NAME, Manifest, make_entry, write_manifest
 from hms_offline.training.config import TrainConfig, read_config
-from hms_offline.training.data import prepare_spectrograms
+from hms_offline.features.views import get_view, view_record
+from hms_offline.training.data import check_offsets, prepare_recordings
 from hms_offline.training.fold import train_fold
 from hms_offline.training.folds import fold_of_rows, make_folds, read_folds, write_folds
 from hms_offline.training.labels import read_train_labels
@@ -40,7 +41,9 @@ def train(config: TrainConfig) -> dict:
         folds = load_or_make_folds(config, labels, run_dir)
         labels = labels.assign(fold=fold_of_rows(labels, folds, run_dir / FOLDS_NAME))
         labels = limit_rows(labels, config.max_samples, config.seed)
-        folder = prepare_spectrograms(config.data_dir, labels, config.work_dir, config.spectrogram_dir)
+        sources = get_view(config.view).sources
+        check_offsets(labels, sources, config.data_dir / "train.csv")
+        folders = prepare_recordings(config.data_dir, labels, sources, config.work_dir, config.spectrogram_dir)
         # Written once the inputs are known to be good: they define the run folder.
         write_folds(folds, run_dir / FOLDS_NAME)
         write_text_atomically(run_dir / CONFIG_NAME, config.to_json())
@@ -50,7 +53,7 @@ def train(config: TrainConfig) -> dict:
                 if (fold_dir(run_dir, fold) / FOLD_SUMMARY_NAME).is_file():
                     log.info("fold %d is already finished in %s: skipped", fold, run_dir)
                     continue
-                train_fold(config, labels, folder, fold, strategy)
+                train_fold(config, labels, folders, fold, strategy)
                 summary = finish_run(config, run_dir)
         return summary or finish_run(config, run_dir)
 
@@ -124,6 +127,7 @@ def finish_run(config: TrainConfig, run_dir: Path) -> dict:
             ensemble_weight=1.0,
             cv_kl=kl_by_fold[fold["fold"]],
             class_prior=fold["prior"],
+            input_view=view_record(config.view),
         )
         for fold in finished_folds(run_dir)
     ]

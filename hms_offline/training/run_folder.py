@@ -5,6 +5,8 @@ travels as a unit:
     config.json  folds.csv  train.log  oof.csv  cv.json  loss_curves.png  weights_manifest.json
     fold<k>/  <arch>_fold<k>.weights.h5  config.json  history.csv  oof.csv  summary.json
               checkpoint/  epoch_NNN.weights.h5  state.json    (only while the fold trains)
+              stage1/  the same files of the first stage      (only with --stage2-min-votes:
+                                                               fold<k>/ itself holds the second)
 
 The run's weights_manifest.json is named by hms_offline.models.manifest.MANIFEST_NAME.
 hms_offline/bundle/demo.py, standard library only, keeps a copy of the names it reads
@@ -27,6 +29,7 @@ HISTORY_NAME = "history.csv"
 FOLD_SUMMARY_NAME = "summary.json"  # written last: a fold with one is finished
 CHECKPOINT_DIR = "checkpoint"
 STATE_NAME = "state.json"
+FIRST_STAGE_DIR = "stage1"  # of a two-stage fold; the fold's folder holds its last stage
 
 # oof.csv: the row's ids and fold, its true vote fractions, the model's probabilities.
 OOF_ID_COLUMNS = (ID_COLUMN, "label_id", "spectrogram_id", "patient_id", "fold")
@@ -36,6 +39,11 @@ PREDICTED_COLUMNS = tuple(f"pred_{column}" for column in VOTE_COLUMNS)
 
 def fold_dir(run_dir: Path, fold: int) -> Path:
     return Path(run_dir) / f"fold{fold}"
+
+
+def stage_dir(run_dir: Path, fold: int, stage: int) -> Path:
+    """Where a two-stage fold's stage writes: `fold<k>/stage1/`, then `fold<k>/`."""
+    return fold_dir(run_dir, fold) / FIRST_STAGE_DIR if stage == 1 else fold_dir(run_dir, fold)
 
 
 def weights_name(arch: str, fold: int) -> str:

@@ -1,6 +1,7 @@
 """A run's summary, read back from its folder: its out-of-fold rows in one `oof.csv`, its CV KL
 (Kaggle's metric on all out-of-fold rows and per fold) beside the class-prior baseline in
-`cv.json`, and `loss_curves.png`. Written after every finished fold."""
+`cv.json` (for a two-stage run, each stage's CV on the same rows under `stages`), and
+`loss_curves.png`. Written after every finished fold."""
 
 import logging
 from pathlib import Path
@@ -10,10 +11,10 @@ import pandas as pd
 
 from hms_offline.metric import kl_divergence
 from hms_offline.training.config import read_config
-from hms_offline.training.figures import integer_ticks, pyplot, save_figure
+from hms_offline.figures import integer_ticks, pyplot, save_figure
 from hms_offline.training.run_folder import (CONFIG_NAME, CV_NAME, FOLD_SUMMARY_NAME, HISTORY_NAME, LOSS_PLOT_NAME,
                                              OOF_NAME, PREDICTED_COLUMNS, TRUE_COLUMNS, finished_folds, fold_dir,
-                                             write_csv, write_json)
+                                             read_json, stage_dir, write_csv, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ def summarize_run(run_dir: Path) -> dict:
     summary = {
         "run": run_dir.name,
         "arch": config.arch,
+        "input": config.input,
         "folds": [f["fold"] for f in folds],
         "n_splits": config.n_splits,
         "oof_rows": len(oof),
@@ -42,6 +44,8 @@ def summarize_run(run_dir: Path) -> dict:
         "trainable_parameters": folds[0]["trainable_parameters"],
         "per_fold": per_fold,
     }
+    if config.stage2_min_votes is not None:
+        summary["stages"] = stage_scores(run_dir, folds, oof, summary["cv_kl"], config.stage2_min_votes)
     write_json(summary, run_dir / CV_NAME)
     plot_loss_curves(run_dir, [f["fold"] for f in folds], run_dir / LOSS_PLOT_NAME)
     log.info(
@@ -49,6 +53,30 @@ def summarize_run(run_dir: Path) -> dict:
         run_dir, summary["cv_kl"], summary["oof_rows"], summary["folds"], summary["prior_kl"],
     )
     return summary
+
+
+def stage_scores(run_dir: Path, folds: list[dict], oof: pd.DataFrame, last_kl: float, min_votes: int) -> list[dict]:
+    """Each stage's CV KL on the run's out-of-fold rows: the first stage's from
+    `fold<k>/stage1/oof.csv`, the second's the run's."""
+    first = pd.concat([pd.read_csv(stage_dir(run_dir, f["fold"], 1) / OOF_NAME) for f in folds], ignore_index=True)
+    if not first[["label_id", "fold"]].equals(oof[["label_id", "fold"]]):
+        raise ValueError(f"{run_dir}: the stages' out-of-fold rows differ")
+    first_summaries = [read_json(stage_dir(run_dir, f["fold"], 1) / FOLD_SUMMARY_NAME) for f in folds]
+    return [
+        {"stage": 1, "cv_kl": kl_divergence(first[list(TRUE_COLUMNS)], first[list(PREDICTED_COLUMNS)]),
+         "min_votes": None, "train_rows": sum(s["train_rows"] for s in first_summaries)},
+        {"stage": 2, "cv_kl": last_kl, "min_votes": min_votes, "train_rows": sum(f["train_rows"] for f in folds)},
+    ]
+
+
+def _stage_histories(run_dir: Path, fold: int) -> pd.DataFrame:
+    """The fold's history, a first stage's epochs before its second's, numbered on."""
+    history = pd.read_csv(fold_dir(run_dir, fold) / HISTORY_NAME)
+    first = stage_dir(run_dir, fold, 1) / HISTORY_NAME
+    if not first.is_file():
+        return history
+    before = pd.read_csv(first)
+    return pd.concat([before, history.assign(epoch=history["epoch"] + before["epoch"].max())], ignore_index=True)
 
 
 def _fold_scores(summary: dict, oof: pd.DataFrame) -> dict:
@@ -69,7 +97,7 @@ def plot_loss_curves(run_dir: Path, folds: list[int], path: Path) -> Path:
     plt = pyplot()
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for index, fold in enumerate(folds):
-        history = pd.read_csv(fold_dir(run_dir, fold) / HISTORY_NAME)
+        history = _stage_histories(run_dir, fold)
         colour = f"C{index}"
         axes.plot(history["epoch"], history["loss"], "-o", color=colour, label=f"fold {fold} train")
         axes.plot(history["epoch"], history["val_loss"], "--s", color=colour, label=f"fold {fold} val")

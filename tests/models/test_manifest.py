@@ -6,6 +6,7 @@ import pytest
 from hms_offline.constants import CLASSES
 from hms_offline.digests import sha256_file, sha256_tree
 from hms_offline.features.spectrogram import VIEW_NAME, VIEW_PARAMS
+from hms_offline.features.views import view_record
 from hms_offline.models.manifest import (
     EXPORT_KINDS,
     FORMAT_VERSION,
@@ -102,6 +103,26 @@ def test_format_1_with_an_unknown_preprocessing_rejects_every_entry(bundle):
         load_manifest(bundle)
 
 
+def eeg_input(**changed) -> dict:
+    """The EEG view's record with some of its parameters changed."""
+    record = view_record("eeg_bipolar_stft")
+    record["params"].update(changed)
+    return record
+
+
+def test_entries_of_every_view_are_read_and_an_ensemble_may_mix_them(bundle):
+    for fold, view in [(1, "eeg_bipolar_stft"), (2, "kaggle_eeg_stacked")]:
+        weights = bundle / "weights" / f"fold{fold}.weights.h5"
+        weights.write_bytes(b"fold")
+        entry = make_entry(weights, bundle, arch="mobilenetv3_large", fold=fold, input_view=view_record(view))
+        edit_manifest(bundle, lambda raw: raw["models"].append(json.loads(Manifest(models=[entry]).to_json())["models"][0]))
+    assert manifest_problems(bundle) == []
+    manifest, _ = load_manifest(bundle)
+    assert [m.input["name"] for m in manifest.models] == ["starter_log_standardize", "eeg_bipolar_stft",
+                                                          "kaggle_eeg_stacked"]
+    assert manifest.models[1].input == view_record("eeg_bipolar_stft")
+
+
 def second_entry(folder):
     """Add a second, valid entry so that a bad first entry costs only itself."""
     weights = folder / "weights" / "mobilenetv3_large_fold1.weights.h5"
@@ -127,10 +148,17 @@ def second_entry(folder):
     # the input view, per entry in format 2
     (lambda folder, raw: raw["models"][0].pop("input"), r"models\[0\] lacks \['input'\]"),
     (lambda folder, raw: raw["models"][0]["input"].update(name="raw_eeg_melspec"),
-     r"models\[0\] has unknown input view 'raw_eeg_melspec'; this code implements \['starter_log_standardize'\]"),
+     r"models\[0\] has unknown input view 'raw_eeg_melspec'; this code implements \['eeg_bipolar_stft', "
+     r"'kaggle_eeg_stacked', 'starter_log_standardize'\]"),
     (lambda folder, raw: raw["models"][0]["input"]["params"].update(window_columns=256),
      r"models\[0\] input 'starter_log_standardize': preprocessing parameters .*'window_columns': 256.* differ"),
     (lambda folder, raw: raw["models"][0]["input"].pop("params"), r"models\[0\] field 'input' is .*expected an object"),
+    (lambda folder, raw: raw["models"][0].update(input=eeg_input(hop_samples=32)),
+     r"models\[0\] input 'eeg_bipolar_stft': preprocessing parameters .*'hop_samples': 32.* differ from this code's"),
+    (lambda folder, raw: raw["models"][0].update(input=eeg_input(montage=[[["Fp1", "F7"]]])),
+     r"models\[0\] input 'eeg_bipolar_stft': preprocessing parameters .*'montage': \[\[\['Fp1', 'F7'\]\]\]"),
+    (lambda folder, raw: raw["models"][0].update(input={"name": "kaggle_eeg_stacked", "params": VIEW_PARAMS}),
+     r"models\[0\] input 'kaggle_eeg_stacked': preprocessing parameters"),
     (lambda folder, raw: raw["models"][0].update(input="starter_log_standardize"), r"field 'input' is 'starter_log_sta"),
 ])
 def test_a_bad_entry_costs_only_itself_and_is_named(bundle, change, reason):

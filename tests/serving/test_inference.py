@@ -13,16 +13,11 @@ from hms_offline.convert import read_spectrogram
 from hms_offline.features.spectrogram import model_input
 from hms_offline.metric import score_files
 from hms_offline.models.engines import EngineLoader, KerasEngine
+from hms_offline.features.views import view_record
 from hms_offline.models.manifest import Manifest, ModelEntry, load_manifest, make_entry, write_manifest
-from hms_offline.serving.inference import (
-    Ensemble,
-    Member,
-    NoModelError,
-    StrictModeError,
-    load_members,
-    predict_competition,
-    predict_spectrograms,
-)
+from hms_offline.serving.ensemble import Ensemble, Member, NoModelError, load_members
+from hms_offline.serving.inference import StrictModeError, predict_competition, predict_samples
+from hms_offline.serving.samples import SampleReader, SourceProblem
 
 from conftest import REPO_ROOT, run_offline
 
@@ -47,19 +42,24 @@ class FailsOnBatchesModel(ConstantModel):
         return super().predict_on_batch(images)
 
 
-def entry(name, weight, prior=None):
+def entry(name, weight, prior=None, view="starter_log_standardize"):
     return ModelEntry(name=name, arch="mobilenetv3_large", fold=0, file=f"{name}.weights.h5", sha256="0",
-                      ensemble_weight=weight, class_prior=prior)
+                      ensemble_weight=weight, class_prior=prior, input=view_record(view))
 
 
-def member(name, weight, model, prior=None):
-    return Member(entry(name, weight, prior), model, f"{name}.weights.h5")
+def member(name, weight, model, prior=None, view="starter_log_standardize"):
+    return Member(entry(name, weight, prior, view), model, f"{name}.weights.h5")
+
+
+def kaggle_batch(n):
+    """A batch of n images of the Kaggle view, for models that ignore their input."""
+    return {"starter_log_standardize": (np.arange(n), np.zeros((n, 4)))}
 
 
 def test_ensemble_combines_probabilities_by_ensemble_weight():
     ensemble = Ensemble([member("a", 1.0, ConstantModel([1, 0, 0, 0, 0, 0])),
                          member("b", 3.0, ConstantModel([0, 1, 0, 0, 0, 0]))])
-    np.testing.assert_allclose(ensemble.predict(np.zeros((2, 4))), [[0.25, 0.75, 0, 0, 0, 0]] * 2)
+    np.testing.assert_allclose(ensemble.predict(kaggle_batch(2), 2), [[0.25, 0.75, 0, 0, 0, 0]] * 2)
     assert set(ensemble.seconds) == {"a", "b"}
 
 
@@ -70,7 +70,7 @@ def test_a_failing_model_is_dropped_the_rest_renormalised_and_a_raising_batch_re
         member("negative", 5.0, ConstantModel([-1, 2, 0, 0, 0, 0]), PRIOR),
         member("retried", 3.0, FailsOnBatchesModel([0, 0, 1, 0, 0, 0]), [0, 0, 0, 0, 0, 1]),
     ])
-    np.testing.assert_allclose(ensemble.predict(np.zeros((3, 4))), [[0.25, 0, 0.75, 0, 0, 0]] * 3)
+    np.testing.assert_allclose(ensemble.predict(kaggle_batch(3), 3), [[0.25, 0, 0.75, 0, 0, 0]] * 3)
     assert ensemble.names == ["good", "retried"]
     assert [(m.name, m.file) for m in ensemble.dropped] == [("nan", "nan.weights.h5"), ("negative", "negative.weights.h5")]
     assert ensemble.dropped[0].reason == "non-finite output on 3 of 3 images"
@@ -87,7 +87,7 @@ def test_no_model_left_is_an_error_naming_each_model():
         Ensemble([], [DroppedModel("x", "x.h5", "corrupt")])
     ensemble = Ensemble([member("nan", 1.0, ConstantModel([np.nan] * 6))])
     with pytest.raises(NoModelError, match="every model of the ensemble failed\n  nan: non-finite"):
-        ensemble.predict(np.zeros((1, 4)))
+        ensemble.predict(kaggle_batch(1), 1)
 
 
 def test_without_recorded_priors_the_fallback_is_uniform():
@@ -103,12 +103,37 @@ def test_unreadable_and_signal_less_spectrograms_are_named_with_their_stage(tmp_
     np.save(tmp_path / "4.npy", np.ones((400, 20), dtype=np.float32))  # 40 s of 10 min
     np.save(tmp_path / "5.npy", np.ones((3, 300), dtype=np.float32))  # not a spectrogram
     ensemble = Ensemble([member("a", 1.0, ConstantModel([0.5, 0.5, 0, 0, 0, 0]))])
-    probabilities, failed = predict_spectrograms(ensemble, tmp_path, [1, 2, 3, 4, 5], batch_size=2)
-    assert {sid: row.stage for sid, row in failed.items()} == {2: "load", 3: "signal", 4: "signal", 5: "load"}
-    assert "no usable signal: 0.0% of its 400x300 window" in failed[3].reason
-    assert "6.7%" in failed[4].reason and "(20 time steps)" in failed[4].reason
+    samples = pd.DataFrame({"spectrogram_id": [1, 2, 3, 4, 5], ID_COLUMN: [11, 12, 13, 14, 15]})
+    reader = SampleReader(ensemble.views, {"spectrogram": tmp_path}, {})
+    probabilities, failed, partial = predict_samples(ensemble, reader, samples, batch_size=2)
+    assert {row.spectrogram_id: row.stage for row in failed.values()} == {2: "load", 3: "signal", 4: "signal", 5: "load"}
+    assert [row.eeg_id for row in failed.values()] == [12, 13, 14, 15] and partial == []
+    assert "no usable signal: 0.0% of the cells of its 400x300 window" in failed[2].reason
+    assert "6.7%" in failed[3].reason and "(20 time steps)" in failed[3].reason
     np.testing.assert_allclose(probabilities[0], [0.5, 0.5, 0, 0, 0, 0])
     assert np.isnan(probabilities[1:]).all()
+
+
+def test_a_sample_without_one_view_is_predicted_by_the_others(tmp_path):
+    """One ensemble of two views: a sample whose EEG is unusable is predicted by the Kaggle-view
+    model alone (a partial row), one with neither recording gets NaN (the fallback)."""
+    spectrograms, eegs = tmp_path / "spectrograms", tmp_path / "eegs"
+    spectrograms.mkdir(), eegs.mkdir()
+    for i in (1, 2):
+        np.save(spectrograms / f"{i}.npy", np.ones((400, 300), dtype=np.float32))
+    np.save(eegs / "11.npy", np.random.default_rng(0).normal(size=(10_000, 20)).astype(np.float32))
+    np.save(eegs / "12.npy", np.full((10_000, 20), np.nan, dtype=np.float32))  # an EEG of NaN only
+    ensemble = Ensemble([member("kaggle", 1.0, ConstantModel([1, 0, 0, 0, 0, 0])),
+                         member("eeg", 3.0, ConstantModel([0, 1, 0, 0, 0, 0]), view="eeg_bipolar_stft")])
+    samples = pd.DataFrame({"spectrogram_id": [1, 2, 3], ID_COLUMN: [11, 12, 13]})
+    missing = {("spectrogram", 3): SourceProblem("convert", "no parquet"), ("eeg", 13): SourceProblem("convert", "no parquet")}
+    reader = SampleReader(ensemble.views, {"spectrogram": spectrograms, "eeg": eegs}, missing)
+    probabilities, failed, partial = predict_samples(ensemble, reader, samples, batch_size=8)
+    np.testing.assert_allclose(probabilities[:2], [[0.25, 0.75, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]])
+    assert np.isnan(probabilities[2]).all()
+    assert [(row.eeg_id, row.stage) for row in partial] == [(12, "signal")]
+    assert partial[0].reason.startswith("input view eeg_bipolar_stft: no usable signal: 0.0% of the samples of its 50 s window")
+    assert [(row.eeg_id, row.stage) for row in failed.values()] == [(13, "convert")]
 
 
 def expected_submission(competition, bundle) -> np.ndarray:

@@ -175,16 +175,17 @@ def test_saved_weights_reproduce_the_out_of_fold_predictions(mobilenet_run):
     import h5py
 
     from hms_offline.models.registry import build_model
-    from hms_offline.training.data import load_image
+    from hms_offline.training.data import WindowTable
 
     weights = mobilenet_run.dir / "fold0" / "mobilenetv3_large_fold0.weights.h5"
     with h5py.File(weights) as handle:
         assert "optimizer" not in handle  # shipped weights carry no optimizer state
     oof = pd.read_csv(mobilenet_run.dir / "oof.csv").head(6)
     labels = pd.read_csv(read_config(mobilenet_run.dir / "config.json").data_dir / "train.csv").set_index("label_id")
-    offsets = labels.loc[oof["label_id"], "spectrogram_label_offset_seconds"]
-    folder = mobilenet_run.work / "train_spectrograms"
-    images = np.stack([load_image(folder, sid, offset) for sid, offset in zip(oof["spectrogram_id"], offsets)])
+    rows = labels.loc[oof["label_id"]].reset_index()
+    table = WindowTable({"spectrogram": mobilenet_run.work / "train_spectrograms"}, rows, np.zeros((len(rows), 6)),
+                        "starter_log_standardize")
+    images = np.stack([table.image(i) for i in range(len(rows))])
     model = build_model("mobilenetv3_large")
     model.load_weights(str(weights))
     np.testing.assert_allclose(model.predict_on_batch(images), oof.filter(like="pred_"), atol=1e-5)
@@ -259,64 +260,79 @@ def test_report_compares_runs_side_by_side(mobilenet_run, efficientnet_run, tmp_
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_training_input_equals_what_inference_computes(competition, tmp_path):
-    """A labelled window cut by the loader == the same 10 minutes given to the kernel as a
-    test spectrogram (Kaggle's format: 300 rows, int16 `time`), through convert + inference."""
+@pytest.mark.parametrize("choice", ["kaggle", "eeg", "both"])
+def test_training_input_equals_what_inference_computes(competition, tmp_path, choice):
+    """A labelled window cut by the loader == the same recordings given to the kernel as a test
+    sample, through convert + the kernel's reader: the 10 minutes of spectrogram as a test
+    spectrogram (Kaggle's format: 300 rows, int16 `time`), the 50 s of EEG as a test EEG file
+    (10,000 rows), for every input view."""
     import pyarrow.parquet as pq
 
+    from hms_offline.constants import EEG_SAMPLE_RATE_HZ
     from hms_offline.convert import convert_tree
     from hms_offline.features.spectrogram import window_start
-    from hms_offline.serving.inference import read_window
-    from hms_offline.training.data import prepare_spectrograms
+    from hms_offline.features.views import INPUT_CHOICES
+    from hms_offline.serving.samples import SampleReader
+    from hms_offline.training.data import prepare_recordings
     from hms_offline.training.fold import validation_dataset
     from hms_offline.training.labels import read_train_labels, vote_fractions
 
     labels = read_train_labels(competition / "train.csv")
-    rows = labels[labels["spectrogram_label_offset_seconds"] > 0].head(3).reset_index(drop=True)
-    folder = prepare_spectrograms(competition, rows, work_dir=tmp_path / "work")
-    config = TrainConfig(data_dir=competition, out=tmp_path, batch_size=3).resolved()
-    images, targets = next(iter(validation_dataset(config, folder, rows)))
+    rows = labels[(labels["spectrogram_label_offset_seconds"] > 0) & (labels["eeg_label_offset_seconds"] > 0)]
+    rows = rows.head(3).reset_index(drop=True)
+    sources = ("spectrogram", "eeg")
+    folders = prepare_recordings(competition, rows, sources, work_dir=tmp_path / "work")
+    config = TrainConfig(data_dir=competition, out=tmp_path, batch_size=3, input=choice).resolved()
+    images, targets = next(iter(validation_dataset(config, folders, rows)))
     np.testing.assert_array_equal(targets.numpy(), vote_fractions(rows))
 
-    test_dir = tmp_path / "test_spectrograms"
-    test_dir.mkdir()
+    test = {name: tmp_path / f"test_{name}" for name in sources}
+    for folder in test.values():
+        folder.mkdir()
     for row in rows.itertuples():
         table = pq.read_table(competition / "train_spectrograms" / f"{row.spectrogram_id}.parquet").to_pandas()
         start = window_start(len(table), row.spectrogram_label_offset_seconds)
         window = table.iloc[start:start + 300].astype({"time": "int16"})
-        window.to_parquet(test_dir / f"{row.label_id}.parquet", index=False)
-    converted = tmp_path / "test_npy"
-    convert_tree(test_dir, converted, workers=1, progress=False)
-    windows = [read_window(converted, label_id) for label_id in rows["label_id"]]
-    assert [problem for _, problem in windows] == [None] * len(rows)
-    kernel_images = np.stack([image for image, _ in windows])
+        window.to_parquet(test["spectrogram"] / f"{row.label_id}.parquet", index=False)
+        eeg = pq.read_table(competition / "train_eegs" / f"{row.eeg_id}.parquet").to_pandas()
+        start = int(round(row.eeg_label_offset_seconds * EEG_SAMPLE_RATE_HZ))
+        eeg.iloc[start:start + 10_000].to_parquet(test["eeg"] / f"{row.label_id}.parquet", index=False)
+    converted = {name: tmp_path / f"npy_{name}" for name in sources}
+    for name in sources:
+        convert_tree(test[name], converted[name], workers=1, progress=False)
+    reader = SampleReader([INPUT_CHOICES[choice]], converted, {})
+    samples = pd.DataFrame({"spectrogram_id": rows["label_id"], "eeg_id": rows["label_id"]})
+    shown = [reader.images(samples.iloc[i]) for i in range(len(rows))]
+    assert [missing for _, missing in shown] == [{}] * len(rows)
+    kernel_images = np.stack([images_by_view[INPUT_CHOICES[choice]] for images_by_view, _ in shown])
     assert kernel_images.shape == (3, *IMAGE_SHAPE)
     np.testing.assert_array_equal(images.numpy(), kernel_images)
 
 
 def test_training_batches_are_the_sampled_windows(competition, tmp_path):
-    from hms_offline.training.data import load_image, prepare_spectrograms
+    from hms_offline.training.data import WindowTable, prepare_recordings
     from hms_offline.training.fold import split_fold, training_dataset
     from hms_offline.training.labels import read_train_labels
 
     labels = read_train_labels(competition / "train.csv").head(40).assign(fold=lambda f: f.index % 2)
-    folder = prepare_spectrograms(competition, labels, work_dir=tmp_path / "work")
+    folder = prepare_recordings(competition, labels, ["spectrogram"], work_dir=tmp_path / "work")
     config = TrainConfig(data_dir=competition, out=tmp_path, n_splits=2, batch_size=4, steps_per_epoch=1,
                          epochs=2, warmup_epochs=0, mixup_p=0, time_mask_p=0, freq_mask_p=0).resolved()
     data = split_fold(config, labels, fold=0)
     positions = data.sampler.epoch_rows(1)[:4]
     images, _ = next(iter(training_dataset(config, folder, data, first_epoch=1)))
-    expected = [load_image(folder, data.train_rows["spectrogram_id"][i], data.train_rows["spectrogram_label_offset_seconds"][i]) for i in positions]
+    table = WindowTable(folder, data.train_rows, np.zeros((len(data.train_rows), 6)), config.view)
+    expected = [table.image(i) for i in positions]
     np.testing.assert_array_equal(images.numpy(), np.stack(expected))
 
 
 def test_augmentations_change_training_batches_only(competition, tmp_path):
-    from hms_offline.training.data import prepare_spectrograms
+    from hms_offline.training.data import prepare_recordings
     from hms_offline.training.fold import split_fold, training_dataset
     from hms_offline.training.labels import read_train_labels
 
     labels = read_train_labels(competition / "train.csv").head(40).assign(fold=lambda f: f.index % 2)
-    folder = prepare_spectrograms(competition, labels, work_dir=tmp_path / "work")
+    folder = prepare_recordings(competition, labels, ["spectrogram"], work_dir=tmp_path / "work")
     plain = dict(data_dir=competition, out=tmp_path, n_splits=2, batch_size=4, steps_per_epoch=1, epochs=2, warmup_epochs=0)
     augmented = TrainConfig(**plain, mixup_p=1, time_mask_p=1, freq_mask_p=1).resolved()
     untouched = TrainConfig(**plain, mixup_p=0, time_mask_p=0, freq_mask_p=0).resolved()

@@ -1,4 +1,5 @@
-"""Figures of training runs: matplotlib without a display, whole-epoch ticks, PNGs written atomically."""
+"""Figures (training runs' curves, `show`'s look at one sample): matplotlib without a display,
+whole-epoch ticks, PNGs written atomically."""
 
 from pathlib import Path
 
@@ -22,11 +23,11 @@ def integer_ticks(axes) -> None:
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def save_figure(figure, path: Path) -> Path:
-    """The figure as a PNG, written atomically, then closed."""
+def save_figure(figure, path: Path, dpi: int = 110) -> Path:
+    """The figure as a PNG of its size x `dpi` pixels, written atomically, then closed."""
     plt = pyplot()
     figure.tight_layout()
     with atomic_output(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
+        figure.savefig(tmp, format="png", dpi=dpi)
     plt.close(figure)
     return Path(path)
