@@ -66,9 +66,12 @@ def liven(model, seed: int) -> None:
     perturb_head(model, seed)
 
 
-def save_freshly_initialised_fold_weights(folder: Path, plan: dict[str, list[int]], seed: int = 0) -> Path:
+def save_freshly_initialised_fold_weights(folder: Path, plan: dict[str, list[int]], seed: int = 0,
+                                          views: dict | None = None) -> Path:
     """TEST FIXTURE, not trained models: fold weights of freshly initialised models made
-    input-dependent by `liven`, saved with `save_weights`, and the weights manifest that lists them."""
+    input-dependent by `liven`, saved with `save_weights`, and the weights manifest that lists
+    them; `views[(arch, fold)]` names an entry's input view (default: the Kaggle spectrogram's)."""
+    from hms_offline.features.views import DEFAULT_VIEW, view_record
     from hms_offline.models.manifest import Manifest, make_entry, write_manifest
     from hms_offline.models.registry import build_model
 
@@ -81,17 +84,21 @@ def save_freshly_initialised_fold_weights(folder: Path, plan: dict[str, list[int
             weights = folder / "weights" / f"{arch}_fold{fold}.weights.h5"
             weights.parent.mkdir(exist_ok=True)
             model.save_weights(str(weights))
-            entries.append(make_entry(weights, folder, arch=arch, fold=fold, ensemble_weight=1.0 + fold))
+            view = (views or {}).get((arch, fold), DEFAULT_VIEW)
+            entries.append(make_entry(weights, folder, arch=arch, fold=fold, ensemble_weight=1.0 + fold,
+                                      input_view=view_record(view)))
     return write_manifest(Manifest(models=entries), folder / "weights_manifest.json")
 
 
 @pytest.fixture(scope="session")
 def freshly_initialised_bundle(tmp_path_factory) -> Path:
     """A bundle folder (weights_manifest.json + weights/) with fold weights of BOTH archs
-    taken from freshly initialised models: a test fixture, not a trained ensemble."""
+    taken from freshly initialised models, one of them on the EEG view (so every kernel run on
+    it converts and reads test EEGs too): a test fixture, not a trained ensemble."""
     folder = tmp_path_factory.mktemp("fixture_bundle")
     save_freshly_initialised_fold_weights(
-        folder, {"mobilenetv3_large": [0, 1], "efficientnetv2_b2": [0]}
+        folder, {"mobilenetv3_large": [0, 1], "efficientnetv2_b2": [0]},
+        views={("mobilenetv3_large", 1): "eeg_bipolar_stft"},
     )
     return folder
 

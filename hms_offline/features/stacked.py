@@ -3,7 +3,8 @@ view, channel 1 the EEG view, channel 2 their mean.
 
 Their rows line up (LL, RL, LP, RP x the same 100 frequencies); their columns do not cover
 the same time: the Kaggle window is 10 minutes (2 s a column), the EEG window the label's
-50 s (1/6 s a column), both centred on the label's window when the recordings are aligned.
+50 s (a column every 0.165 s), both centred on the label's window when the recordings are
+aligned.
 """
 
 import copy

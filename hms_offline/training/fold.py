@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import keras
@@ -104,7 +105,9 @@ def train_stage(stage: Stage, labels: pd.DataFrame, folders: dict[str, Path], fo
     with strategy.scope():
         model = training_model(fold_config)
         if stage.start_from is not None and checkpoint.state["last"] is None:
-            model.load_weights(str(stage.start_from))
+            with warnings.catch_warnings():  # the shipped weights carry no optimizer state, on purpose
+                warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+                model.load_weights(str(stage.start_from))
             log.info("fold %d stage %d starts from %s", fold, stage.number, stage.start_from)
         checkpoint.restore(model)
     if stage.start_from is None:

@@ -10,7 +10,6 @@ import pytest
 
 from hms_offline.constants import ID_COLUMN, SPECTROGRAM_COLUMNS, VOTE_COLUMNS
 from hms_offline.convert import read_spectrogram
-from hms_offline.features.spectrogram import model_input
 from hms_offline.metric import score_files
 from hms_offline.models.engines import EngineLoader, KerasEngine
 from hms_offline.features.views import view_record
@@ -137,15 +136,22 @@ def test_a_sample_without_one_view_is_predicted_by_the_others(tmp_path):
 
 
 def expected_submission(competition, bundle) -> np.ndarray:
-    """The fold ensemble computed the long way: model by model, row by row."""
+    """The fold ensemble computed the long way: model by model, row by row, each model on its
+    own input view of the row's recordings."""
+    from hms_offline.convert import read_eeg
+    from hms_offline.features.views import get_view
+
     manifest, root = load_manifest(bundle)
     models = [KerasEngine(entry, root) for entry in manifest.models]
+    views = [get_view(entry.input["name"]) for entry in manifest.models]
     weights = np.array([m.ensemble_weight for m in manifest.models]) / sum(m.ensemble_weight for m in manifest.models)
     test = pd.read_csv(competition / "test.csv")
     rows = []
-    for spectrogram_id in test["spectrogram_id"]:
-        image = model_input(read_spectrogram(competition / "test_spectrograms" / f"{spectrogram_id}.parquet"))[None]
-        rows.append(sum(w * model.predict_on_batch(image)[0] for w, model in zip(weights, models)))
+    for spectrogram_id, eeg_id in zip(test["spectrogram_id"], test[ID_COLUMN]):
+        arrays = {"spectrogram": read_spectrogram(competition / "test_spectrograms" / f"{spectrogram_id}.parquet"),
+                  "eeg": read_eeg(competition / "test_eegs" / f"{eeg_id}.parquet")}
+        rows.append(sum(w * model.predict_on_batch(view.image(arrays)[None])[0]
+                        for w, model, view in zip(weights, models, views)))
     per_eeg = pd.DataFrame(rows, columns=list(VOTE_COLUMNS)).assign(**{ID_COLUMN: test[ID_COLUMN]})
     per_eeg = per_eeg.groupby(ID_COLUMN)[list(VOTE_COLUMNS)].mean()
     sample = pd.read_csv(competition / "sample_submission.csv")
@@ -178,6 +184,8 @@ def test_every_engine_predicts_the_ensemble_computed_by_hand(synthetic_competiti
     np.testing.assert_allclose(values, expected, atol=tolerance)
     assert report.rows == len(sample) and report.fallback_rows == []
     assert [model["engine"] for model in report.models] == [ran] * 3
+    assert report.views == ["starter_log_standardize", "eeg_bipolar_stft"] and report.eegs == len(sample)
+    assert report.partial_rows == []
     assert set(report.stage_seconds) == {"read csv", "convert", "load models", "predict", "write"}
     written = json.loads((tmp_path / "inference_report.json").read_text())
     assert written["rows"] == len(sample) and written["engine"] == engine and written["fallback_rows"] == []
@@ -271,6 +279,8 @@ def test_each_fault_costs_only_its_own_row_or_model_and_is_reported(synthetic_co
     # converted: exactly the readable files of the usable rows (not rows 6 and 7, set aside; not 999)
     assert sorted(p.name for p in (work / "test_spectrograms").glob("*.npy")) == sorted(
         f"{i}.npy" for i in sid[2:6] + sid[8:])
+    # an ensemble of Kaggle-spectrogram models never reads test_eegs/
+    assert not (work / "test_eegs").exists() and report.eegs == 0 and report.views == ["starter_log_standardize"]
     assert "999.parquet" not in (output / "inference_report.json").read_text()
     submission = pd.read_csv(output / "submission.csv").set_index(ID_COLUMN)
     assert {row.eeg_id: row.stage for row in report.fallback_rows} == expected
@@ -292,6 +302,43 @@ def test_each_fault_costs_only_its_own_row_or_model_and_is_reported(synthetic_co
         predict_competition(tmp_path / "competition", faulty_bundle, output, load=fake_load, strict=True)
     assert "model corrupt" in str(error.value) and "test.csv line 8" in str(error.value)
     assert not (output / "submission.csv").exists() and (output / "inference_report.json").exists()
+
+
+def test_an_ensemble_of_two_views_predicts_a_row_from_the_view_it_can_read(synthetic_competition, tmp_path):
+    """A Kaggle-view model (says lrda) and an EEG-view model of weight 3 (says grda): a row
+    whose EEG file is broken is predicted by the first alone (a partial row, a --strict
+    problem), one whose spectrogram is missing by the second alone, one with neither gets
+    the fallback; the rest get the weighted mean of both."""
+    data = shutil.copytree(synthetic_competition, tmp_path / "competition")
+    test = pd.read_csv(data / "test.csv")
+    sid, eeg = test["spectrogram_id"].tolist(), test[ID_COLUMN].tolist()
+    (data / "test_eegs" / f"{eeg[0]}.parquet").write_bytes(b"not parquet")
+    (data / "test_spectrograms" / f"{sid[1]}.parquet").unlink()
+    (data / "test_spectrograms" / f"{sid[2]}.parquet").unlink()
+    (data / "test_eegs" / f"{eeg[2]}.parquet").unlink()
+    folder = tmp_path / "bundle"
+    folder.mkdir()
+    entries = []
+    for name, view, weight in (("kaggle", "starter_log_standardize", 1.0), ("eeg", "eeg_bipolar_stft", 3.0)):
+        (folder / f"{name}.weights.h5").write_bytes(name.encode())
+        entries.append(make_entry(folder / f"{name}.weights.h5", folder, arch="mobilenetv3_large", fold=0, name=name,
+                                  class_prior=PRIOR, ensemble_weight=weight, input_view=view_record(view)))
+    write_manifest(Manifest(models=entries), folder / "weights_manifest.json")
+    answers = {"kaggle": [0, 0, 0, 1, 0, 0], "eeg": [0, 0, 0, 0, 1, 0]}
+    report = predict_competition(data, folder, tmp_path / "submission.csv", load=lambda e, r: ConstantModel(answers[e.name]),
+                                 work_dir=tmp_path / "work")
+    submission = pd.read_csv(tmp_path / "submission.csv").set_index(ID_COLUMN)
+    np.testing.assert_allclose(submission.loc[eeg[0]], answers["kaggle"])
+    np.testing.assert_allclose(submission.loc[eeg[1]], answers["eeg"])
+    np.testing.assert_allclose(submission.loc[eeg[2]], PRIOR)
+    np.testing.assert_allclose(submission.loc[eeg[3:]].to_numpy(), np.tile([0, 0, 0, 0.25, 0.75, 0], (len(eeg) - 3, 1)))
+    assert report.views == ["starter_log_standardize", "eeg_bipolar_stft"] and report.eegs == len(eeg)
+    assert [(row.eeg_id, row.stage) for row in report.partial_rows] == [(eeg[0], "convert"), (eeg[1], "convert")]
+    assert report.partial_rows[0].reason.startswith("input view eeg_bipolar_stft: ")
+    assert report.partial_rows[1].reason.startswith("input view starter_log_standardize: ")
+    assert [(row.eeg_id, row.stage) for row in report.fallback_rows] == [(eeg[2], "convert")]
+    assert len(report.problems()) == 3
+    assert [m["view"] for m in report.models] == ["starter_log_standardize", "eeg_bipolar_stft"]
 
 
 def test_when_every_row_falls_back_the_default_still_writes_and_warns(synthetic_competition, faulty_bundle, tmp_path):

@@ -23,6 +23,19 @@ def test_defaults_are_the_starters_recipe():
     assert config.labels == "fractions" and config.sampling == "eeg_random_window"
     assert config.include_rescaling and config.pretrained is None
     assert config.fold_list() == [0, 1, 2, 3, 4]
+    # the switches beyond the starter are off
+    assert (config.input, config.view, config.mirror_p, config.stage2_min_votes) == (
+        "kaggle", "starter_log_standardize", 0.0, None)
+
+
+def test_input_mirror_and_second_stage_flags():
+    config = parse_train("--input", "both", "--mirror-p", "0.5", "--stage2-min-votes", "10", "--stage2-epochs", "3",
+                         "--stage2-learning-rate", "5e-5").resolved()
+    assert (config.input, config.view, config.mirror_p) == ("both", "kaggle_eeg_stacked", 0.5)
+    assert (config.stage2_min_votes, config.stage2_epochs, config.stage2_learning_rate) == (10, 3, 5e-5)
+    assert parse_train("--input", "eeg").resolved().view == "eeg_bipolar_stft"
+    with pytest.raises(SystemExit):
+        parse_train("--input", "raw")
 
 
 def test_batch_norm_momentum_is_capped_from_random_weights_only():
@@ -68,6 +81,9 @@ def test_only_location_and_fold_choice_may_change_between_runs():
         (("--mixup-p", "1.5"), "mixup_p must be a probability"),
         (("--final-learning-rate", "1"), "final_learning_rate"),
         (("--n-splits", "1"), "n_splits must be >= 2"),
+        (("--mirror-p", "2"), "mirror_p must be a probability"),
+        (("--stage2-min-votes", "0"), "stage2_min_votes must be >= 1"),
+        (("--stage2-min-votes", "10", "--stage2-learning-rate", "1e-6"), "stage2_learning_rate"),
     ],
 )
 def test_bad_values_are_refused(flags, message):

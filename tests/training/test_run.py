@@ -106,6 +106,32 @@ def efficientnet_run(competition, mobilenet_run):
     return SimpleNamespace(dir=out, summary=train(config_of(flags)))
 
 
+@pytest.fixture(scope="module")
+def eeg_run(competition, mobilenet_run):
+    """The MobileNetV3 run's recipe and folds on the EEG view."""
+    from hms_offline.training.run import train
+
+    out = mobilenet_run.dir.parent / "mnv3_eeg"
+    flags = [*train_flags(competition, out, mobilenet_run.work, MOBILENET_FLAGS), "--input", "eeg",
+             "--folds-file", str(mobilenet_run.dir / "folds.csv")]
+    return SimpleNamespace(dir=out, summary=train(config_of(flags)))
+
+
+@pytest.fixture(scope="module")
+def both_run(competition, mobilenet_run):
+    """The same on both views stacked, in two stages: started by the command line, killed
+    once the second stage has committed an epoch, resumed in-process."""
+    from hms_offline.training.run import train
+
+    out = mobilenet_run.dir.parent / "mnv3_both"
+    flags = [*train_flags(competition, out, mobilenet_run.work, MOBILENET_FLAGS), "--input", "both",
+             "--stage2-min-votes", "10", "--stage2-epochs", "2", "--stage2-learning-rate", "5e-4",
+             "--folds-file", str(mobilenet_run.dir / "folds.csv")]
+    killed_state = train_until_killed(flags, out / "fold0" / "checkpoint" / "state.json", out.parent / "both.log",
+                                      timeout=600)
+    return SimpleNamespace(dir=out, flags=flags, summary=train(config_of(flags)), killed_state=killed_state)
+
+
 def assert_run_complete(run_dir: Path, arch: str, folds: list[int]) -> None:
     assert RUN_FILES <= {path.name for path in run_dir.iterdir()}
     for fold in folds:
@@ -149,21 +175,68 @@ def test_short_run_learns_well_below_the_class_prior(mobilenet_run):
     assert cv["cv_kl"] < 0.8 * cv["prior_kl"], cv
 
 
-@pytest.mark.slow
-def test_the_kernel_with_the_trained_fold_scores_below_its_class_prior(mobilenet_run, competition, tmp_path):
-    """The kernel, offline, on the run folder as training left it: every row predicted (none on
-    the fallback), and the submission's KL well below that of the fold's class prior."""
+def test_the_two_stage_run_resumed_its_second_stage_and_scores_both(both_run):
+    run_dir = both_run.dir
+    assert_run_complete(run_dir, "mobilenetv3_large", [0])
+    first = run_dir / "fold0" / "stage1"
+    assert {path.name for path in first.iterdir()} == fold_files("mobilenetv3_large", 0)
+    first_summary = json.loads((first / "summary.json").read_text())
+    second_summary = json.loads((run_dir / "fold0" / "summary.json").read_text())
+    assert (first_summary["stage"], second_summary["stage"], second_summary["min_votes"]) == (1, 2, 10)
+    assert 0 < second_summary["train_rows"] < first_summary["train_rows"]
+    # both stages scored on the same validation rows
+    first_oof, second_oof = pd.read_csv(first / "oof.csv"), pd.read_csv(run_dir / "fold0" / "oof.csv")
+    pd.testing.assert_frame_equal(first_oof.filter(regex="^(eeg_id|label_id|true_)"),
+                                  second_oof.filter(regex="^(eeg_id|label_id|true_)"))
+    cv = both_run.summary
+    assert [stage["stage"] for stage in cv["stages"]] == [1, 2] and cv["input"] == "both"
+    assert cv["stages"][1]["cv_kl"] == cv["cv_kl"] != cv["stages"][0]["cv_kl"]
+    assert pd.read_csv(first / "history.csv")["epoch"].tolist() == [1, 2, 3, 4]
+    second = pd.read_csv(run_dir / "fold0" / "history.csv")
+    assert second["epoch"].tolist() == [1, 2]
+    assert second["learning_rate"].iloc[-1] == pytest.approx(1e-5)  # cosine from 5e-4 to the floor
+    log = (run_dir / "train.log").read_text()
+    assert both_run.killed_state["epoch"] == 1
+    assert log.count("fold 0 stage 1 finished") == 1  # not trained again after the kill
+    assert "fold 0 stage 1 is already finished" in log and "fold 0: resuming after epoch 1 of 2" in log
+    assert "fold 0 stage 2 starts from" in log
+    manifest = read_manifest(run_dir / "weights_manifest.json")
+    assert manifest.models[0].input["name"] == "kaggle_eeg_stacked"
+    assert manifest.models[0].file == "fold0/mobilenetv3_large_fold0.weights.h5"  # the second stage's
+
+
+def test_ensemble_fits_weights_over_the_three_views_and_the_kernel_predicts_with_it(
+        mobilenet_run, eeg_run, both_run, competition, tmp_path):
+    """`ensemble` over the Kaggle, EEG and stacked runs (same folds), then the kernel, offline,
+    on the fitted manifest as `ensemble` wrote it: every view computed from the test files,
+    every row predicted (none on the fallback), the submission's KL well below the prior's."""
     from conftest import REPO_ROOT, run_offline
     from hms_offline.constants import VOTE_COLUMNS
     from hms_offline.metric import score_files
 
-    output = tmp_path / "submission.csv"
+    fitted = tmp_path / "ensemble"
+    assert main(["ensemble", str(mobilenet_run.dir), str(eeg_run.dir), str(both_run.dir), "--out", str(fitted)]) == 0
+    summary = json.loads((fitted / "ensemble.json").read_text())
+    manifest = read_manifest(fitted / "weights_manifest.json")
+    assert sum(entry.ensemble_weight for entry in manifest.models) == pytest.approx(1.0, abs=1e-12)
+    assert len({entry.name for entry in manifest.models}) == 3
+    assert [entry.input["name"] for entry in manifest.models] == [
+        "starter_log_standardize", "eeg_bipolar_stft", "kaggle_eeg_stacked"]
+    assert summary["fitted_kl"] <= summary["equal_weights_kl"] + 1e-12
+
+    output = tmp_path / "kernel" / "submission.csv"
+    output.parent.mkdir()
     result = run_offline([sys.executable, str(REPO_ROOT / "kernel" / "inference.py"), "--data-dir", str(competition),
-                          "--bundle-dir", str(mobilenet_run.dir), "--output", str(output), "--strict"], timeout=600)
+                          "--bundle-dir", str(fitted), "--output", str(output), "--strict"], timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    report = json.loads((tmp_path / "inference_report.json").read_text())
-    fold_prior = json.loads((mobilenet_run.dir / "fold0" / "summary.json").read_text())["prior"]
-    assert report["fallback_rows"] == [] and report["fallback"] == pytest.approx(fold_prior)
+    report = json.loads((output.parent / "inference_report.json").read_text())
+    assert report["views"] == ["starter_log_standardize", "eeg_bipolar_stft", "kaggle_eeg_stacked"]
+    assert report["eegs"] == report["spectrograms"] == 24 and report["partial_rows"] == []
+    weights = np.array([entry.ensemble_weight for entry in manifest.models])
+    priors = np.array([json.loads((run.dir / "fold0" / "summary.json").read_text())["prior"]
+                       for run in (mobilenet_run, eeg_run, both_run)])
+    fold_prior = (weights[:, None] * priors).sum(axis=0) / weights.sum()
+    assert report["fallback_rows"] == [] and report["fallback"] == pytest.approx(fold_prior / fold_prior.sum())
     prior_submission = pd.read_csv(output).assign(**dict(zip(VOTE_COLUMNS, fold_prior)))
     prior_submission.to_csv(tmp_path / "prior.csv", index=False)
     kernel_kl = score_files(competition / "test_solution.csv", output)
@@ -342,6 +415,13 @@ def test_augmentations_change_training_batches_only(competition, tmp_path):
     assert (images.numpy() == 0).mean() > (clean_images.numpy() == 0).mean() + 0.02  # cutouts
     assert not np.allclose(targets.numpy(), clean_targets.numpy())  # mixed labels
     np.testing.assert_allclose(targets.numpy().sum(axis=1), 1, rtol=1e-5)
+
+    from hms_offline.features.views import mirror_left_right
+
+    mirrored = TrainConfig(**plain, mixup_p=0, time_mask_p=0, freq_mask_p=0, mirror_p=1).resolved()
+    mirror_images, mirror_targets = next(iter(training_dataset(mirrored, folder, data, first_epoch=0)))
+    np.testing.assert_array_equal(mirror_images.numpy(), np.stack([mirror_left_right(i) for i in clean_images.numpy()]))
+    np.testing.assert_array_equal(mirror_targets.numpy(), clean_targets.numpy())  # no class says which side
 
 
 def copy_competition(competition: Path, destination: Path) -> Path:
