@@ -1,5 +1,6 @@
 """A synthetic EEG's 20 signals: 1/f background, the labelled rows' rhythms or periodic
-discharges on their channels, distractor rhythms, and an EKG."""
+discharges on their channels (each with its spatial field and propagation lag, see
+`signatures`), distractor rhythms, and an EKG."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 
 from hms_offline.constants import CLASSES, EEG_CHANNELS, EEG_SAMPLE_RATE_HZ, EEG_WINDOW_SECONDS
 from hms_offline.synthetic.plan import Eeg
-from hms_offline.synthetic.signatures import ALL_EEG, EKG, LEFT, RIGHT, SIGNATURES, nearest_row
+from hms_offline.synthetic.signatures import ALL_EEG, EKG, LEFT, POSITIONS, RIGHT, SIGNATURES, field_amplitudes, nearest_row
 
 
 def _rhythm(rng: np.random.Generator, rate_hz: float, n: int) -> np.ndarray:
@@ -28,10 +29,11 @@ def _discharges(rng: np.random.Generator, rate_hz: float, n: int) -> np.ndarray:
         t += rng.normal(1 / rate_hz, 0.05 / rate_hz)
     k = np.arange(-int(0.1 * fs), int(0.5 * fs)) / fs
     kernel = -np.exp(-0.5 * (k / 0.02) ** 2) + 0.4 * np.exp(-0.5 * ((k - 0.15) / 0.06) ** 2)
-    return np.convolve(impulses, kernel, mode="full")[int(0.1 * fs) : int(0.1 * fs) + n]
+    return np.convolve(impulses, kernel, mode="full")[int(0.1 * fs) : int(0.1 * fs) + n].astype(np.float32)
 
 
 _NOISE_BANK_SAMPLES = 2**20  # ~87 min at 200 Hz
+_MAX_LAG = 40  # samples (0.2 s): the longest propagation lag of a signature
 
 
 def noise_bank(rng: np.random.Generator) -> np.ndarray:
@@ -64,24 +66,27 @@ def eeg_signals(rng: np.random.Generator, eeg: Eeg, bank: np.ndarray) -> np.ndar
     x += rng.normal(-20, 40, (n_ch, 1)).astype(np.float32)
 
     # Class signatures, each sample taking the fractions of the nearest labelled window.
-    t = np.arange(n) / fs
-    waves = np.empty((len(CLASSES), n), dtype=np.float32)
-    mixing = np.zeros((len(CLASSES), n_ch), dtype=np.float32)
+    # The waves are drawn `_MAX_LAG` samples early: an electrode `lag` samples from the
+    # focus reads the wave (and its labelled windows' fractions) `lag` samples late.
+    m = _MAX_LAG
+    t = (np.arange(n + m) - m) / fs
+    centres = eeg.offsets + EEG_WINDOW_SECONDS / 2
+    fractions = eeg.fractions.astype(np.float32)[nearest_row(t, centres)]  # [m + n, 6]
     for c, name in enumerate(CLASSES):
         sig = SIGNATURES[name]
         rate = sig.eeg_hz * rng.uniform(0.95, 1.05)
-        if sig.eeg_kind == "rhythm":
-            waves[c] = _rhythm(rng, rate, n)
-        else:
-            waves[c] = _discharges(rng, rate, n)
-        for name_ch in sig.eeg_channels:
-            mixing[c, EEG_CHANNELS.index(name_ch)] = sig.eeg_amplitude_uv * rng.uniform(0.7, 1.3)
-    centres = eeg.offsets + EEG_WINDOW_SECONDS / 2
-    fractions = eeg.fractions.astype(np.float32)[nearest_row(t, centres)]  # [n, 6]
-    mixing *= np.float32(eeg.gain)
-    for c in range(len(CLASSES)):  # no `@`: a threaded BLAS costs more than it saves here
-        if fractions[:, c].any():
-            x += mixing[c][:, None] * (fractions[:, c] * waves[c])[None, :]
+        wave = _rhythm(rng, rate, n + m) if sig.eeg_kind == "rhythm" else _discharges(rng, rate, n + m)
+        focus = sig.eeg_field.focus
+        if focus is None:  # signatures.RANDOM_FOCUS
+            focus = POSITIONS[ALL_EEG[int(rng.integers(0, len(ALL_EEG)))]]
+        amplitude, lag_s = field_amplitudes(sig.eeg_field, sig.eeg_channels, focus)
+        amplitude *= sig.eeg_amplitude_uv * eeg.gain * rng.uniform(0.85, 1.15, len(amplitude))
+        lags = np.minimum(np.round(lag_s * fs).astype(int), m)
+        if not fractions[:, c].any():
+            continue
+        wave *= fractions[:, c]
+        for name_ch, a, lag in zip(sig.eeg_channels, amplitude.astype(np.float32), lags):
+            x[EEG_CHANNELS.index(name_ch)] += a * wave[m - lag : m - lag + n]
     # Distractors: unrelated rhythms (alpha, slowing, ...) on a random channel group.
     for _ in range(int(rng.poisson(1.2))):
         group = (LEFT, RIGHT, ALL_EEG)[int(rng.integers(0, 3))]

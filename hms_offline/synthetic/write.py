@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 MARKER_NAME = ".hms_synthetic.json"
 GENERATOR = "hms_offline.synthetic"  # the marker's "generator" (the package: its modules may move)
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: GPD and GRDA told apart only by the EEG; spatial fields and lags
 
 
 @functools.lru_cache(maxsize=None)

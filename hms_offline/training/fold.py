@@ -221,8 +221,9 @@ def finish_stage(stage: Stage, config: TrainConfig, data: FoldData, validation, 
     }
     write_json(summary, directory / FOLD_SUMMARY_NAME)
     shutil.rmtree(checkpoint.directory)
-    log.info("fold %d stage %d finished: best val_loss %.4f at epoch %d -> %s",
-             fold, stage.number, summary["best_val_loss"], summary["best_epoch"], weights)
+    log.info("fold %d%s finished: best val_loss %.4f at epoch %d -> %s",
+             fold, f" stage {stage.number}" if config.stage2_min_votes is not None else "",
+             summary["best_val_loss"], summary["best_epoch"], weights)
 
 
 def predict_probabilities(model, dataset) -> np.ndarray:

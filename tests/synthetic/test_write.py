@@ -21,10 +21,13 @@ from hms_offline.constants import (
     VOTE_COLUMNS,
     WINDOW_COLUMNS,
 )
+from hms_offline.convert import read_eeg, read_spectrogram
+from hms_offline.features import eeg as eeg_view
+from hms_offline.features import spectrogram as spectrogram_view
 from hms_offline.features.spectrogram import model_input, window_start
 from hms_offline.synthetic import write
 from hms_offline.synthetic.plan import plan_train
-from hms_offline.synthetic.signatures import SIGNATURES
+from hms_offline.synthetic.signatures import EEG_ONLY_PAIR, SIGNATURES
 from hms_offline.synthetic.write import MARKER_NAME, write_competition
 
 from conftest import REPO_ROOT
@@ -334,8 +337,10 @@ def test_spectrogram_signal_is_learnable_from_model_input(comp, train, test_fram
     accuracy = (predicted.argmax(axis=1) == labels).mean()
     majority = np.bincount(labels, minlength=len(CLASSES)).max() / len(labels)
     kl_model, kl_prior = _kl(y, predicted), _kl(y, prior)
-    # Measured for seeds 0-6 (200 rows): accuracy 0.86-0.96 against a majority share of
-    # ~0.2 (the classes are balanced), held-out KL 0.21-0.38 against the prior's 1.43-1.61.
+    # Measured for seeds 0-6 (200 rows, GENERATOR_VERSION 2): accuracy 0.70-0.86 against a
+    # majority share of ~0.2 (the classes are balanced), held-out KL 0.46-0.59 against the
+    # prior's 1.43-1.61. (Version 1: 0.86-0.96 and 0.21-0.38; since version 2 the spectrogram
+    # cannot tell GPD from GRDA, signatures.EEG_ONLY_PAIR, a coin toss on a third of the rows.)
     # The thresholds sit far from both: a broken window cut (signature outside the window),
     # a label/signature mismatch or a signal drowned by the background all fall to the
     # baseline (accuracy ~0.2, KL >= prior), while the remaining errors come from mixed
@@ -353,14 +358,22 @@ def test_spectrogram_signal_is_learnable_from_model_input(comp, train, test_fram
     truth = pd.read_csv(comp / "test_solution.csv")[list(VOTE_COLUMNS)].to_numpy()
     mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
     test_pred = _softmax_regression((x - mean) / std, y, (test_x - mean) / std)
-    # Measured 0.08-0.26 against the prior's 1.36-1.57 (seeds 0-6).
-    assert _kl(truth, test_pred) <= 0.6 * _kl(truth, np.tile(y.mean(axis=0), (len(truth), 1)))
+    # Measured 0.28-0.56 against the prior's 1.30-1.57 (seeds 0-6; version 1: 0.08-0.26).
+    kl_test, kl_test_prior = _kl(truth, test_pred), _kl(truth, np.tile(y.mean(axis=0), (len(truth), 1)))
+    print(f"spectrogram test files: KL {kl_test:.3f} vs prior {kl_test_prior:.3f}")
+    assert kl_test <= 0.6 * kl_test_prior, (kl_test, kl_test_prior)
 
 
 def test_eeg_signal_is_learnable(comp, train):
-    """Each class's rhythm on its channel group stands out in its rows' 50 s windows."""
+    """Each class's rhythm on its channel group stands out in its rows' 50 s windows.
+
+    GPD and GRDA (EEG_ONLY_PAIR) share their rate and field, so in band power they are one
+    group here; test_the_eeg_only_pair_is_told_apart_by_the_eeg_view_alone separates them."""
     freqs = np.fft.rfftfreq(EEG_WINDOW_ROWS, 1 / EEG_SAMPLE_RATE_HZ)
     reference = (freqs > 0.5) & (freqs < 20)
+    groups = list(dict.fromkeys((SIGNATURES[name].eeg_hz, SIGNATURES[name].eeg_channels) for name in CLASSES))
+    group_of = [groups.index((SIGNATURES[name].eeg_hz, SIGNATURES[name].eeg_channels)) for name in CLASSES]
+    assert len(groups) == len(CLASSES) - 1 and group_of[CLASSES.index(EEG_ONLY_PAIR[0])] == group_of[CLASSES.index(EEG_ONLY_PAIR[1])]
     features = []
     first_rows = train.groupby("eeg_id").head(1)  # one row per EEG keeps it fast
     for row in first_rows.itertuples():
@@ -369,23 +382,106 @@ def test_eeg_signal_is_learnable(comp, train):
         window = eeg[:, start : start + EEG_WINDOW_ROWS]
         power = np.abs(np.fft.rfft(window - window.mean(axis=1, keepdims=True), axis=1)) ** 2
         row_features = []
-        for name in CLASSES:
-            sig = SIGNATURES[name]
-            channels = [EEG_CHANNELS.index(c) for c in sig.eeg_channels]
-            band = (freqs > 0.9 * sig.eeg_hz) & (freqs < 1.1 * sig.eeg_hz)
+        for rate, channel_names in groups:
+            channels = [EEG_CHANNELS.index(c) for c in channel_names]
+            band = (freqs > 0.9 * rate) & (freqs < 1.1 * rate)
             row_features.append(np.log(power[channels][:, band].mean() / power[channels][:, reference].mean()))
         features.append(row_features)
     z = np.array(features)
     z = (z - z.mean(axis=0)) / z.std(axis=0)
-    labels = first_rows["expert_consensus"].map(CONSENSUS_NAMES.index).to_numpy()
+    labels = np.array(group_of)[first_rows["expert_consensus"].map(CONSENSUS_NAMES.index).to_numpy()]
     accuracy = (z.argmax(axis=1) == labels).mean()
-    majority = np.bincount(labels, minlength=len(CLASSES)).max() / len(labels)
-    # No fitting at all: the argmax of the six standardised band powers. Measured for seeds
-    # 0-6: 0.79-0.94 against a majority share of ~0.2; distractor rhythms, wandering
-    # frequencies and mixed votes keep it below 1. A rhythm on the wrong channels, at the
-    # wrong rate or outside the labelled 50 s window drops it to chance.
+    majority = np.bincount(labels, minlength=len(groups)).max() / len(labels)
+    # No fitting at all: the argmax of the five standardised band powers. Measured for seeds
+    # 0-6: 0.77-0.86 against a majority share of ~1/3 (the GPD+GRDA group);
+    # distractor rhythms, wandering frequencies and mixed votes keep it below 1. A rhythm on
+    # the wrong channels, at the wrong rate or outside the labelled 50 s window drops it to chance.
     print(f"eeg: accuracy {accuracy:.3f} vs majority {majority:.3f}")
-    assert accuracy >= majority + 0.35, (accuracy, majority)
+    assert accuracy >= majority + 0.3, (accuracy, majority)
+
+
+# The EEG-only pair: its own, larger data set (the pair is a third of the rows).
+EEG_ONLY_N_TRAIN, EEG_ONLY_SEED = 400, 1
+CONTROL_PAIR = ("lpd", "lrda")  # lateralized: told apart by the spectrogram too
+
+
+@pytest.fixture(scope="module")
+def eeg_only_comp(tmp_path_factory) -> Path:
+    return write_competition(tmp_path_factory.mktemp("eeg_only") / "comp", EEG_ONLY_N_TRAIN, 1, EEG_ONLY_SEED)
+
+
+def _cross_validated_auc(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
+    """Out-of-fold ROC AUC of a logistic regression, 5 folds grouped by patient."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000))
+    folds = StratifiedGroupKFold(5, shuffle=True, random_state=0)
+    p = cross_val_predict(model, x, y, groups=groups, cv=folds, method="predict_proba")[:, 1]
+    return float(roc_auc_score(y, p))
+
+
+def _eeg_only_aucs(comp: Path) -> dict[tuple[str, str], float]:
+    """{(pair, view): cross-validated AUC} for the EEG-only and the control pair (see below)."""
+    train = pd.read_csv(comp / "train.csv")
+    first_rows = train.groupby("eeg_id").head(1)
+    names = first_rows["expert_consensus"].map(dict(zip(CONSENSUS_NAMES, CLASSES)))
+    features: dict[str, list[np.ndarray]] = {"kaggle": [], "eeg": []}
+    rows = first_rows[names.isin(EEG_ONLY_PAIR + CONTROL_PAIR)]
+    for row in rows.itertuples():
+        spectrogram = read_spectrogram(comp / "train_spectrograms" / f"{row.spectrogram_id}.parquet")
+        features["kaggle"].append(_pooled(spectrogram_view.model_input(spectrogram, row.spectrogram_label_offset_seconds)))
+        eeg = read_eeg(comp / "train_eegs" / f"{row.eeg_id}.parquet")
+        features["eeg"].append(_pooled(eeg_view.model_input(eeg, row.eeg_label_offset_seconds)))
+    x = {view: np.array(values) for view, values in features.items()}
+    x["both"] = np.hstack([x["kaggle"], x["eeg"]])
+    row_names = names[rows.index].to_numpy()
+    auc = {}
+    for label, pair in (("pair", EEG_ONLY_PAIR), ("control", CONTROL_PAIR)):
+        chosen = np.isin(row_names, pair)
+        y = (row_names[chosen] == pair[0]).astype(int)
+        assert 20 <= y.sum() <= len(y) - 20, (label, y.sum(), len(y))
+        for view, values in x.items():
+            auc[label, view] = _cross_validated_auc(values[chosen], y, rows["patient_id"].to_numpy()[chosen])
+    return auc
+
+
+@pytest.mark.slow  # ~30 s: its own 400-row data set and ~120 EEG views
+def test_the_eeg_only_pair_is_told_apart_by_the_eeg_view_alone(eeg_only_comp):
+    """GPD vs GRDA (signatures.EEG_ONLY_PAIR) is separable from the EEG view and not from the
+    Kaggle spectrogram; both views together do as well as the EEG view; the control pair
+    (LPD vs LRDA) is separable from both, so neither view's features are blind.
+
+    Each view as a model receives it (features.eeg / features.spectrogram `model_input` on
+    the files read by hms_offline.convert, at the label's offsets), pooled to 80 features (the
+    time mean of 5-row frequency blocks, as _pooled), on the first labelled row of every EEG
+    whose consensus is one of the pair (rows of one EEG share most of their window), then a
+    cross-validated logistic regression, folds grouped by patient.
+
+    Measured (400 rows, seed 1; ~60 EEGs per pair): GPD vs GRDA AUC 0.994 from the EEG view,
+    0.565 from the Kaggle view, 0.994 from both; LPD vs LRDA 0.994 (EEG), 0.997 (Kaggle),
+    0.994 (both). Over seeds 0-14 the same procedure gave: GPD vs GRDA 0.985-1.000 (EEG),
+    0.30-0.71 (Kaggle, median 0.54; seed 0's 0.706 is the one above 0.65), both within 0.011
+    of the EEG view; LPD vs LRDA 0.99-1.00 (Kaggle), 0.915-0.994 (EEG), 0.96-1.00 (both).
+    The Kaggle view's AUC is chance with a wide spread: about 60 independent EEGs, each with
+    its own background and distractors, and a cross-validated fit on 80 noise features (the
+    spread includes anti-learning, below 0.5). A spectrogram that told the pair apart scores
+    ~1.0: GENERATOR_VERSION 1, when GPD and GRDA had bands of their own, gave 0.99-1.00 here
+    (seeds 0-4), and its EEG view, whose near-uniform fields the montage cancelled, only
+    0.66-0.87 on LPD vs LRDA. An EEG view that lost the difference (fields the montage
+    cancels, one waveform for both) falls to chance as well.
+    """
+    pytest.importorskip("sklearn")
+    auc = _eeg_only_aucs(eeg_only_comp)
+    print(" ".join(f"{label}/{view} {value:.3f}" for (label, view), value in auc.items()))
+    assert auc["pair", "eeg"] > 0.9, auc
+    assert auc["pair", "kaggle"] < 0.65, auc
+    assert auc["pair", "both"] >= max(auc["pair", "eeg"], auc["pair", "kaggle"]) - 0.05, auc
+    assert auc["control", "kaggle"] > 0.9 and auc["control", "eeg"] > 0.85, auc
+    assert auc["control", "both"] >= max(auc["control", "eeg"], auc["control", "kaggle"]) - 0.05, auc
 
 
 # ------------------------------------------------------------------ determinism, safety, CLI
