@@ -2,7 +2,8 @@
 
 Keras's own `CosineDecay(warmup_target=..., warmup_steps=...)`: from `initial` it rises
 linearly to `peak` over `warmup_steps`, then follows a half cosine down to `final`
-(alpha = final / peak) at `total_steps`, and stays there.
+(alpha = final / peak) at `total_steps`, and stays there. `schedule_for` puts `total_steps`
+on a run's last step: that step trains at the floor.
 """
 
 
@@ -28,10 +29,12 @@ def warmup_steps(warmup_epochs: float, steps_per_epoch: int) -> int:
 
 def schedule_for(config, steps_per_epoch: int):
     """The schedule of a resolved TrainConfig with `steps_per_epoch` batches per epoch."""
+    warmup = warmup_steps(config.warmup_epochs, steps_per_epoch)
+    last_step = config.epochs * steps_per_epoch - 1
     return warmup_cosine(
         initial=config.initial_learning_rate,
         peak=config.peak_learning_rate,
         final=config.final_learning_rate,
-        warmup_steps=warmup_steps(config.warmup_epochs, steps_per_epoch),
-        total_steps=config.epochs * steps_per_epoch,
+        warmup_steps=warmup,
+        total_steps=max(last_step, warmup + 1),  # the floor at the last step (after it in a 1-step run)
     )
