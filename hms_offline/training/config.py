@@ -17,6 +17,9 @@ from hms_offline.models.registry import ARCHITECTURES, check_arch
 
 LABEL_MODES = ("fractions", "consensus")
 SAMPLINGS = ("eeg_random_window", "spectrogram_first")
+FOLD_UNITS = ("eeg", "rows")
+VALIDATION_ROWS = ("eeg_first", "spectrogram_first")
+SCHEDULES = ("warmup_cosine", "starter_staircase")
 MIXED_PRECISION_MODES = ("auto", "on", "off")
 PROGRESS_MODES = {"bar": 1, "epoch": 2, "off": 0}  # -> Keras `fit(verbose=...)`
 
@@ -69,6 +72,11 @@ class TrainConfig:
     )
     n_splits: int = _option(5, "number of StratifiedGroupKFold folds")
     fold_seed: int = _option(42, "StratifiedGroupKFold random_state")
+    fold_unit: str = _option(
+        "eeg", "what StratifiedGroupKFold splits (grouped by patient_id, stratified by expert_consensus): one row "
+        "per eeg_id, or every train.csv row as the starter does; folds.csv maps each eeg_id to its fold either way",
+        choices=FOLD_UNITS,
+    )
     folds_file: Path | None = _option(
         None, "reuse another run's folds.csv so out-of-fold predictions line up"
     )
@@ -84,12 +92,34 @@ class TrainConfig:
         "starter's first row per spectrogram_id",
         choices=SAMPLINGS,
     )
+    validation_rows: str = _option(
+        "eeg_first", "validation windows of a fold: the first labelled row of each eeg_id (like the test set), or "
+        "the starter's first row per spectrogram_id; they are the out-of-fold rows",
+        choices=VALIDATION_ROWS,
+    )
+    validation_targets: str = _option(
+        "fractions", "targets of val_loss (which picks the kept epoch): vote fractions, or the starter's one-hot "
+        "consensus; out-of-fold rows and CV KL are scored against vote fractions either way",
+        choices=LABEL_MODES,
+    )
+    schedule: str = _option(
+        "warmup_cosine", "learning-rate schedule: per step, linear warm-up then half cosine to the floor; or the "
+        "starter's per-epoch staircase (its get_lr_callback, constant within an epoch)",
+        choices=SCHEDULES,
+    )
     initial_learning_rate: float = _option(5e-5, "learning rate at step 0 (warm-up start)")
     peak_learning_rate: float | None = _option(
         None, f"learning rate at the end of warm-up (default: {PEAK_LEARNING_RATE_PER_SAMPLE:g} x batch size)"
     )
-    final_learning_rate: float = _option(1e-5, "learning rate the cosine decay ends at")
+    final_learning_rate: float = _option(
+        1e-5, "learning rate the cosine decay ends at (warmup_cosine: at the last step; the staircase's lr_min)"
+    )
     warmup_epochs: float = _option(3.0, "epochs of linear warm-up (may be fractional)")
+    staircase_epochs: int = _option(
+        10, "starter_staircase only: the `epochs` argument of the starter's get_lr_callback, which sets its cosine's "
+        "length (staircase_epochs - warmup_epochs + 3 epochs); the notebook left it at the function's own 10 "
+        "while training 13 epochs"
+    )
     mixup_p: float = _option(0.5, "probability a training batch gets keras-cv MixUp")
     mixup_alpha: float = _option(2.0, "MixUp alpha")
     time_mask_p: float = _option(0.5, "probability of a keras-cv RandomCutout time mask")
@@ -103,7 +133,8 @@ class TrainConfig:
     )
     stage2_epochs: int = _option(4, "epochs of the second stage")
     stage2_learning_rate: float = _option(
-        1e-4, "learning rate the second stage starts at (cosine decay to --final-learning-rate, no warm-up)"
+        1e-4, "learning rate the second stage starts at (cosine decay to --final-learning-rate, no warm-up, "
+        "whatever --schedule)"
     )
     bn_momentum: float | None = _option(
         None,
@@ -154,8 +185,14 @@ class TrainConfig:
     def _check(self) -> None:
         """Every value in range (for a resolved config: the peak learning rate is set)."""
         check_arch(self.arch)
+        choices = {"labels": LABEL_MODES, "sampling": SAMPLINGS, "fold_unit": FOLD_UNITS,
+                   "validation_rows": VALIDATION_ROWS, "validation_targets": LABEL_MODES, "schedule": SCHEDULES,
+                   "mixed_precision": MIXED_PRECISION_MODES}
+        for name, known in choices.items():
+            if getattr(self, name) not in known:
+                raise ValueError(f"{name} must be one of {', '.join(known)}, got {getattr(self, name)!r}")
         positive = ("n_splits", "epochs", "batch_size", "max_samples", "steps_per_epoch", "stage2_min_votes",
-                    "stage2_epochs")
+                    "stage2_epochs", "staircase_epochs")
         for name in positive:
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -164,9 +201,14 @@ class TrainConfig:
             raise ValueError(f"n_splits must be >= 2, got {self.n_splits}")
         if self.folds is not None and not all(0 <= fold < self.n_splits for fold in self.folds):
             raise ValueError(f"folds {self.folds} must lie in 0..{self.n_splits - 1}")
-        if not 0 <= self.warmup_epochs < self.epochs:
+        if self.schedule == "warmup_cosine" and not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(
                 f"warmup_epochs ({self.warmup_epochs}) must be >= 0 and less than epochs ({self.epochs})"
+            )
+        if self.schedule == "starter_staircase" and not 0 <= self.warmup_epochs < self.staircase_epochs + 3:
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must be >= 0 and less than staircase_epochs + 3 "
+                f"({self.staircase_epochs + 3}): the staircase's cosine lasts staircase_epochs - warmup_epochs + 3"
             )
         for name in ("mixup_p", "time_mask_p", "freq_mask_p", "mirror_p"):
             if not 0 <= getattr(self, name) <= 1:

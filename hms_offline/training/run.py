@@ -97,9 +97,10 @@ def load_or_make_folds(config: TrainConfig, labels: pd.DataFrame, run_dir: Path)
     elif own.is_file():
         folds = read_folds(own)
     else:
-        folds = make_folds(labels, config.n_splits, config.fold_seed)
-        log.info("folds: StratifiedGroupKFold(n_splits=%d, random_state=%d) by patient_id",
-                 config.n_splits, config.fold_seed)
+        folds = make_folds(labels, config.n_splits, config.fold_seed, config.fold_unit)
+        log.info("folds: StratifiedGroupKFold(n_splits=%d, shuffle=True, random_state=%d) by patient_id over %s",
+                 config.n_splits, config.fold_seed,
+                 "one row per eeg_id" if config.fold_unit == "eeg" else "all train.csv rows")
     n_splits = int(folds["fold"].max()) + 1
     if n_splits != config.n_splits:
         raise ValueError(f"the folds file has {n_splits} folds, but n_splits is {config.n_splits}")
