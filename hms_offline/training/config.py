@@ -3,9 +3,12 @@
 `TrainConfig` is the single source of the `train` command's flags (names, defaults, help)
 and of the `config.json` written next to the weights: its *resolved* form, where every
 "automatic" value is replaced by the number actually used, so a checkpoint describes itself.
+Its dataclass defaults are the `default` recipe; `--recipe` (recipes.py) sets other
+defaults, and a flag given explicitly wins over its recipe's value.
 """
 
 import argparse
+import copy
 import dataclasses
 import json
 import typing
@@ -14,6 +17,7 @@ from pathlib import Path
 
 from hms_offline.features.views import INPUT_CHOICES
 from hms_offline.models.registry import ARCHITECTURES, check_arch
+from hms_offline.training.recipes import DEFAULT, RECIPES, STARTER, recipe_values
 
 LABEL_MODES = ("fractions", "consensus")
 SAMPLINGS = ("eeg_random_window", "spectrogram_first")
@@ -62,9 +66,13 @@ def parse_folds(text: str) -> list[int] | None:
 class TrainConfig:
     data_dir: Path = _required("competition folder: train.csv + train_spectrograms/ (read only)")
     out: Path = _required("run folder: weights, folds.csv, out-of-fold predictions, reports")
+    recipe: str = _option(
+        DEFAULT, f"a named set of defaults: {DEFAULT} (this project's) or {STARTER} (the KerasCV starter notebook "
+        "point for point); every flag given explicitly still wins", choices=tuple(RECIPES),
+    )
     arch: str = _option("mobilenetv3_large", "backbone from the model registry", choices=tuple(ARCHITECTURES))
     folds: list[int] | None = _option(
-        None, "folds to train: 'all' (default) or e.g. '0,2'", parse=parse_folds, metavar="all|0,2"
+        None, "folds to train: 'all' or e.g. '0,2'", parse=parse_folds, metavar="all|0,2"
     )
     input: str = _option(
         "kaggle", "model input: the Kaggle spectrogram (the starter's), the spectrogram computed from the raw "
@@ -185,6 +193,7 @@ class TrainConfig:
     def _check(self) -> None:
         """Every value in range (for a resolved config: the peak learning rate is set)."""
         check_arch(self.arch)
+        recipe_values(self.recipe)  # a known recipe
         choices = {"labels": LABEL_MODES, "sampling": SAMPLINGS, "fold_unit": FOLD_UNITS,
                    "validation_rows": VALIDATION_ROWS, "validation_targets": LABEL_MODES, "schedule": SCHEDULES,
                    "mixed_precision": MIXED_PRECISION_MODES}
@@ -253,8 +262,16 @@ class TrainConfig:
         return cls(**{name: _from_json_value(name, value) for name, value in raw.items()})
 
     @classmethod
+    def for_recipe(cls, recipe: str = DEFAULT, **values) -> "TrainConfig":
+        """The config of `recipe` with `values` (explicit choices) over its defaults."""
+        return cls(**{**copy.deepcopy(recipe_values(recipe)), **values, "recipe": recipe})
+
+    @classmethod
     def from_arguments(cls, arguments: argparse.Namespace) -> "TrainConfig":
-        return cls(**{f.name: getattr(arguments, f.name) for f in dataclasses.fields(cls)})
+        """From `add_arguments`' flags: a flag left out is absent from `arguments`, so its
+        recipe's value (else the dataclass default) fills it."""
+        given = {f.name: getattr(arguments, f.name) for f in dataclasses.fields(cls) if hasattr(arguments, f.name)}
+        return cls.for_recipe(given.pop("recipe", DEFAULT), **given)
 
     def differences(self, other: "TrainConfig", ignore=RESUMABLE_DIFFERENCES) -> dict[str, tuple]:
         """{field: (self's value, other's value)} for the fields that differ."""
@@ -284,19 +301,44 @@ def _argument_type(hint):
     return options[0]
 
 
+def recipe_defaults(recipe: str) -> dict:
+    """Every field's default under `recipe` (the required fields left out)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    return {**defaults, **copy.deepcopy(recipe_values(recipe)), "recipe": recipe}
+
+
+def _shown(name: str, value) -> str:
+    if name == "folds" and value is None:
+        return "all"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "automatic" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field: `--batch-size` for `batch_size`, defaults from the dataclass."""
+    """One flag per TrainConfig field: `--batch-size` for `batch_size`. A flag left out is
+    absent from the parsed namespace (argparse.SUPPRESS), so `TrainConfig.from_arguments`
+    can tell it from one given with the default's value and fill it from `--recipe`. The
+    help shows each recipe's default where they differ."""
     hints = _hints()
+    defaults = {name: recipe_defaults(name) for name in RECIPES}
     for f in dataclasses.fields(TrainConfig):
         metadata = dict(f.metadata)
-        options = {"help": metadata.pop("help")}
+        options = {"help": metadata.pop("help").replace("%", "%%")}
         parse = metadata.pop("parse", None)
         if f.default is dataclasses.MISSING:
             options["required"] = True
         else:
-            options["default"] = f.default
-            if f.default is not None and "default" not in options["help"]:
-                options["help"] += " (default: %(default)s)"
+            options["default"] = argparse.SUPPRESS
+            shown = {recipe: _shown(f.name, values[f.name]) for recipe, values in defaults.items()}
+            if f.name == "recipe":
+                options["help"] += f" (default: {DEFAULT})"
+            elif len(set(shown.values())) > 1:
+                options["help"] += " (" + "; ".join(f"{recipe}: {value}" for recipe, value in shown.items()) + ")"
+            elif f.default is not None and "default" not in options["help"]:
+                options["help"] += f" (default: {shown[DEFAULT]})"
         if metadata.get("action") is None:
             options["type"] = parse or _argument_type(hints[f.name])
         options.update(metadata)

@@ -16,6 +16,7 @@ import pandas as pd
 from hms_offline.atomic import write_text_atomically
 from hms_offline.models.manifest import MANIFEST_NAME, Manifest, make_entry, write_manifest
 from hms_offline.training.config import TrainConfig, read_config
+from hms_offline.training.recipes import STARTER
 from hms_offline.features.views import get_view, view_record
 from hms_offline.training.data import check_offsets, prepare_recordings
 from hms_offline.training.fold import train_fold
@@ -36,6 +37,7 @@ def train(config: TrainConfig) -> dict:
     run_dir = config.out
     run_dir.mkdir(parents=True, exist_ok=True)
     with log_to_file(run_dir / LOG_NAME):
+        log_recipe(config)
         check_same_run(config, run_dir)
         labels = read_train_labels(config.data_dir / "train.csv")
         folds = load_or_make_folds(config, labels, run_dir)
@@ -73,6 +75,18 @@ def log_to_file(path: Path):
         package.removeHandler(handler)
         package.setLevel(level)
         handler.close()
+
+
+def log_recipe(config: TrainConfig) -> None:
+    """Which recipe the run follows, and for the starter's what it cannot reproduce here."""
+    log.info("recipe %s: %s, schedule %s, folds over %s, sampling %s, validation %s (%s targets), labels %s, "
+             "mixed precision %s", config.recipe, config.arch, config.schedule, config.fold_unit, config.sampling,
+             config.validation_rows, config.validation_targets, config.labels, config.mixed_precision)
+    if config.recipe == STARTER and config.pretrained is None:
+        log.warning(
+            "the starter began from ImageNet weights (keras-cv preset efficientnetv2_b2_imagenet); without "
+            "--pretrained (a local preset folder) this run starts from random weights, BatchNormalization "
+            "momentum capped at %g", config.bn_momentum)
 
 
 def check_same_run(config: TrainConfig, run_dir: Path) -> None:

@@ -14,8 +14,9 @@ def parse_train(*flags: str) -> TrainConfig:
     return TrainConfig.from_arguments(arguments)
 
 
-def test_defaults_are_the_starters_recipe():
+def test_defaults_are_the_default_recipe():
     config = parse_train().resolved()
+    assert config.recipe == "default"
     assert (config.arch, config.epochs, config.batch_size, config.n_splits, config.fold_seed) == (
         "mobilenetv3_large", 13, 64, 5, 42,
     )

@@ -35,7 +35,7 @@ def test_schedule_of_the_default_config():
 
 @pytest.mark.slow
 def test_the_starter_staircase_holds_each_epochs_rate_over_its_steps():
-    config = TrainConfig(data_dir="d", out="o", schedule="starter_staircase").resolved()  # batch 64, 13 epochs
+    config = TrainConfig.for_recipe("starter", data_dir="d", out="o").resolved()
     steps = 7
     schedule = schedule_for(config, steps_per_epoch=steps)
     rates = starter_epoch_rates(config)
