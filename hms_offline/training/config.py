@@ -317,14 +317,19 @@ def _shown(name: str, value) -> str:
     return "automatic" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field: `--batch-size` for `batch_size`. A flag left out is
-    absent from the parsed namespace (argparse.SUPPRESS), so `TrainConfig.from_arguments`
-    can tell it from one given with the default's value and fill it from `--recipe`. The
-    help shows each recipe's default where they differ."""
+def add_arguments(parser: argparse.ArgumentParser, exclude: typing.Collection[str] = ()) -> None:
+    """One flag per TrainConfig field (but the fields in `exclude`): `--batch-size` for
+    `batch_size`. A flag left out is absent from the parsed namespace (argparse.SUPPRESS), so
+    `TrainConfig.from_arguments` can tell it from one given with the default's value and fill
+    it from `--recipe`. The help shows each recipe's default where they differ."""
     hints = _hints()
     defaults = {name: recipe_defaults(name) for name in RECIPES}
+    unknown = set(exclude) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise ValueError(f"not TrainConfig fields: {sorted(unknown)}")
     for f in dataclasses.fields(TrainConfig):
+        if f.name in exclude:
+            continue
         metadata = dict(f.metadata)
         options = {"help": metadata.pop("help").replace("%", "%%")}
         parse = metadata.pop("parse", None)

@@ -15,15 +15,15 @@ import pandas as pd
 
 from hms_offline.atomic import write_text_atomically
 from hms_offline.models.manifest import MANIFEST_NAME, Manifest, make_entry, write_manifest
-from hms_offline.training.config import TrainConfig, read_config
+from hms_offline.training.config import TrainConfig
 from hms_offline.training.recipes import STARTER
 from hms_offline.features.views import get_view, view_record
 from hms_offline.training.data import check_offsets, prepare_recordings
 from hms_offline.training.fold import train_fold
 from hms_offline.training.folds import fold_of_rows, make_folds, read_folds, write_folds
 from hms_offline.training.labels import read_train_labels
-from hms_offline.training.run_folder import (CONFIG_NAME, FOLD_SUMMARY_NAME, FOLDS_NAME, LOG_NAME, finished_folds,
-                                             fold_dir)
+from hms_offline.training.run_folder import (CONFIG_NAME, FOLD_SUMMARY_NAME, FOLDS_NAME, LOG_NAME, check_same_run,
+                                             finished_folds, fold_dir)
 from hms_offline.training.strategy import training_strategy
 from hms_offline.training.summary import summarize_run
 
@@ -87,17 +87,6 @@ def log_recipe(config: TrainConfig) -> None:
             "the starter began from ImageNet weights (keras-cv preset efficientnetv2_b2_imagenet); without "
             "--pretrained (a local preset folder) this run starts from random weights, BatchNormalization "
             "momentum capped at %g", config.bn_momentum)
-
-
-def check_same_run(config: TrainConfig, run_dir: Path) -> None:
-    """A run folder resumes only with the settings it was started with (the data location,
-    the folds to train and the progress display may change)."""
-    if not (run_dir / CONFIG_NAME).is_file():
-        return
-    differences = read_config(run_dir / CONFIG_NAME).differences(config)
-    if differences:
-        listed = "; ".join(f"{name}: {before!r} there, {now!r} now" for name, (before, now) in differences.items())
-        raise ValueError(f"{run_dir} holds a run with other settings ({listed}); use another --out")
 
 
 def load_or_make_folds(config: TrainConfig, labels: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
