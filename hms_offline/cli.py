@@ -1,7 +1,7 @@
 """`python -m hms_offline <command>`: the package's command line.
 
 Each command imports its module only when it runs, so `convert`, `score`, `synth` and
-`ensemble` start without loading TensorFlow.
+`ensemble` start without loading TensorFlow (`train` and `study` load it once they train).
 """
 
 import argparse
@@ -72,6 +72,13 @@ def _train(args: argparse.Namespace) -> int:
     from hms_offline.training.run import train
 
     train(TrainConfig.from_arguments(args))
+    return 0
+
+
+def _study(args: argparse.Namespace) -> int:
+    from hms_offline.training.study import study_from_arguments
+
+    print(study_from_arguments(args).to_string(index=False))
     return 0
 
 
@@ -189,6 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train fold models of one architecture (resumable)")
     add_arguments(train)
     train.set_defaults(handler=_train)
+
+    from hms_offline.training.study import add_study_arguments
+
+    study = commands.add_parser(
+        "study", help="MobileNetV3 Large and EfficientNetV2 B2 trained on the same folds under one recipe, and "
+                      "their report: parameters, losses and the gap per epoch, CV KL, throughput (resumable)")
+    add_study_arguments(study)
+    study.set_defaults(handler=_study)
 
     show = commands.add_parser(
         "show", help="one sample in one PNG: its Kaggle spectrogram window, its EEG view and 16 bipolar traces, "

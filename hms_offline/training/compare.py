@@ -1,5 +1,5 @@
 """`python -m hms_offline report`: trained runs side by side (`comparison.md`, `comparison.csv`,
-`comparison.png`): arch, parameters, best val loss per fold, CV KL beside the class prior,
+`comparison.png`): arch, parameters, best val loss and best epoch per fold, CV KL beside the class prior,
 training throughput from each run's history and inference throughput measured here, every
 architecture in the same process."""
 
@@ -50,6 +50,7 @@ def run_row(run_dir: Path) -> dict:
         "prior_kl": cv["prior_kl"],
         "stage1_cv_kl": cv["stages"][0]["cv_kl"] if "stages" in cv else float("nan"),
         "mean_best_val_loss": float(np.mean([f["best_val_loss"] for f in cv["per_fold"]])),
+        "best_epochs": " ".join(str(f["best_epoch"]) for f in cv["per_fold"]),
         "train_samples_per_s": training_speed(pd.concat(histories)),
     }
     row.update({f"{FOLD_LOSS_PREFIX}{f['fold']}": f["best_val_loss"] for f in cv["per_fold"]})
@@ -62,10 +63,9 @@ def training_speed(history: pd.DataFrame) -> float:
     return float((later if len(later) else history)["train_samples_per_second"].median())
 
 
-def compare_runs(run_dirs: list[Path], out: Path, speed_images: int = 32, speed_batch_size: int = 8) -> pd.DataFrame:
-    """Side-by-side table (Markdown + CSV) and plots of trained runs; inference images/s of
-    each architecture measured now, one after the other in this process (0 images: skipped)."""
-    out = Path(out)
+def comparison_table(run_dirs: list[Path], speed_images: int = 32, speed_batch_size: int = 8) -> pd.DataFrame:
+    """One row per trained run; inference images/s of each architecture measured now, one
+    after the other in this process (0 images: skipped)."""
     table = pd.DataFrame([run_row(run_dir) for run_dir in run_dirs])
     if speed_images > 0:
         speeds = {
@@ -76,7 +76,13 @@ def compare_runs(run_dirs: list[Path], out: Path, speed_images: int = 32, speed_
     fold_columns = sorted(
         (c for c in table.columns if c.startswith(FOLD_LOSS_PREFIX)), key=lambda c: int(c[len(FOLD_LOSS_PREFIX):])
     )
-    table = table[[c for c in table.columns if not c.startswith(FOLD_LOSS_PREFIX)] + fold_columns]
+    return table[[c for c in table.columns if not c.startswith(FOLD_LOSS_PREFIX)] + fold_columns]
+
+
+def compare_runs(run_dirs: list[Path], out: Path, speed_images: int = 32, speed_batch_size: int = 8) -> pd.DataFrame:
+    """Side-by-side table (Markdown + CSV) and plots of trained runs (`comparison_table`)."""
+    out = Path(out)
+    table = comparison_table(run_dirs, speed_images, speed_batch_size)
     write_csv(table, out / "comparison.csv")
     write_text_atomically(out / "comparison.md", comparison_markdown(table))
     plot_comparison(table, [Path(run_dir) for run_dir in run_dirs], out / "comparison.png")
@@ -84,7 +90,8 @@ def compare_runs(run_dirs: list[Path], out: Path, speed_images: int = 32, speed_
     return table
 
 
-def comparison_markdown(table: pd.DataFrame) -> str:
+def markdown_table(table: pd.DataFrame) -> str:
+    """A frame as a Markdown table: floats to 4 decimals (thousands separated from 100 on)."""
     def cell(value) -> str:
         if isinstance(value, (float, np.floating)):
             return "" if np.isnan(value) else f"{value:.4f}" if abs(value) < 100 else f"{value:,.0f}"
@@ -93,18 +100,22 @@ def comparison_markdown(table: pd.DataFrame) -> str:
         return str(value)
 
     lines = [
-        "| " + " | ".join(table.columns) + " |",
+        "| " + " | ".join(map(str, table.columns)) + " |",
         "|" + "|".join("---" for _ in table.columns) + "|",
         *("| " + " | ".join(cell(value) for value in row) + " |" for row in table.itertuples(index=False)),
     ]
+    return "\n".join(lines)
+
+
+def comparison_markdown(table: pd.DataFrame, measured_by: str = "one `report` call") -> str:
     notes = (
         "\n\ncv_kl: Kaggle's KL metric on all out-of-fold rows; prior_kl: the same for predicting "
         "the training folds' mean vote fractions. Best val loss per fold is Keras's KLDivergence "
-        "on the validation windows. Throughput: training samples/s from the run's history (its "
-        "own machine; the median over epochs after the first, which includes tracing), inference "
-        "images/s measured on this machine by one `report` call.\n"
+        "on the validation windows; best_epochs: the epoch kept, per fold. Throughput: training "
+        "samples/s from the run's history (its own machine; the median over epochs after the first, "
+        f"which includes tracing), inference images/s measured on this machine by {measured_by}.\n"
     )
-    return "\n".join(lines) + notes
+    return markdown_table(table) + notes
 
 
 def plot_comparison(table: pd.DataFrame, run_dirs: list[Path], path: Path) -> Path:

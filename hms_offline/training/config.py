@@ -3,9 +3,12 @@
 `TrainConfig` is the single source of the `train` command's flags (names, defaults, help)
 and of the `config.json` written next to the weights: its *resolved* form, where every
 "automatic" value is replaced by the number actually used, so a checkpoint describes itself.
+Its dataclass defaults are the `default` recipe; `--recipe` (recipes.py) sets other
+defaults, and a flag given explicitly wins over its recipe's value.
 """
 
 import argparse
+import copy
 import dataclasses
 import json
 import typing
@@ -14,9 +17,13 @@ from pathlib import Path
 
 from hms_offline.features.views import INPUT_CHOICES
 from hms_offline.models.registry import ARCHITECTURES, check_arch
+from hms_offline.training.recipes import DEFAULT, RECIPES, STARTER, recipe_values
 
 LABEL_MODES = ("fractions", "consensus")
 SAMPLINGS = ("eeg_random_window", "spectrogram_first")
+FOLD_UNITS = ("eeg", "rows")
+VALIDATION_ROWS = ("eeg_first", "spectrogram_first")
+SCHEDULES = ("warmup_cosine", "starter_staircase")
 MIXED_PRECISION_MODES = ("auto", "on", "off")
 PROGRESS_MODES = {"bar": 1, "epoch": 2, "off": 0}  # -> Keras `fit(verbose=...)`
 
@@ -59,9 +66,13 @@ def parse_folds(text: str) -> list[int] | None:
 class TrainConfig:
     data_dir: Path = _required("competition folder: train.csv + train_spectrograms/ (read only)")
     out: Path = _required("run folder: weights, folds.csv, out-of-fold predictions, reports")
+    recipe: str = _option(
+        DEFAULT, f"a named set of defaults: {DEFAULT} (this project's) or {STARTER} (the KerasCV starter notebook "
+        "point for point); every flag given explicitly still wins", choices=tuple(RECIPES),
+    )
     arch: str = _option("mobilenetv3_large", "backbone from the model registry", choices=tuple(ARCHITECTURES))
     folds: list[int] | None = _option(
-        None, "folds to train: 'all' (default) or e.g. '0,2'", parse=parse_folds, metavar="all|0,2"
+        None, "folds to train: 'all' or e.g. '0,2'", parse=parse_folds, metavar="all|0,2"
     )
     input: str = _option(
         "kaggle", "model input: the Kaggle spectrogram (the starter's), the spectrogram computed from the raw "
@@ -69,6 +80,11 @@ class TrainConfig:
     )
     n_splits: int = _option(5, "number of StratifiedGroupKFold folds")
     fold_seed: int = _option(42, "StratifiedGroupKFold random_state")
+    fold_unit: str = _option(
+        "eeg", "what StratifiedGroupKFold splits (grouped by patient_id, stratified by expert_consensus): one row "
+        "per eeg_id, or every train.csv row as the starter does; folds.csv maps each eeg_id to its fold either way",
+        choices=FOLD_UNITS,
+    )
     folds_file: Path | None = _option(
         None, "reuse another run's folds.csv so out-of-fold predictions line up"
     )
@@ -84,12 +100,34 @@ class TrainConfig:
         "starter's first row per spectrogram_id",
         choices=SAMPLINGS,
     )
+    validation_rows: str = _option(
+        "eeg_first", "validation windows of a fold: the first labelled row of each eeg_id (like the test set), or "
+        "the starter's first row per spectrogram_id; they are the out-of-fold rows",
+        choices=VALIDATION_ROWS,
+    )
+    validation_targets: str = _option(
+        "fractions", "targets of val_loss (which picks the kept epoch): vote fractions, or the starter's one-hot "
+        "consensus; out-of-fold rows and CV KL are scored against vote fractions either way",
+        choices=LABEL_MODES,
+    )
+    schedule: str = _option(
+        "warmup_cosine", "learning-rate schedule: per step, linear warm-up then half cosine to the floor; or the "
+        "starter's per-epoch staircase (its get_lr_callback, constant within an epoch)",
+        choices=SCHEDULES,
+    )
     initial_learning_rate: float = _option(5e-5, "learning rate at step 0 (warm-up start)")
     peak_learning_rate: float | None = _option(
         None, f"learning rate at the end of warm-up (default: {PEAK_LEARNING_RATE_PER_SAMPLE:g} x batch size)"
     )
-    final_learning_rate: float = _option(1e-5, "learning rate the cosine decay ends at")
+    final_learning_rate: float = _option(
+        1e-5, "learning rate the cosine decay ends at (warmup_cosine: at the last step; the staircase's lr_min)"
+    )
     warmup_epochs: float = _option(3.0, "epochs of linear warm-up (may be fractional)")
+    staircase_epochs: int = _option(
+        10, "starter_staircase only: the `epochs` argument of the starter's get_lr_callback, which sets its cosine's "
+        "length (staircase_epochs - warmup_epochs + 3 epochs); the notebook left it at the function's own 10 "
+        "while training 13 epochs"
+    )
     mixup_p: float = _option(0.5, "probability a training batch gets keras-cv MixUp")
     mixup_alpha: float = _option(2.0, "MixUp alpha")
     time_mask_p: float = _option(0.5, "probability of a keras-cv RandomCutout time mask")
@@ -103,7 +141,8 @@ class TrainConfig:
     )
     stage2_epochs: int = _option(4, "epochs of the second stage")
     stage2_learning_rate: float = _option(
-        1e-4, "learning rate the second stage starts at (cosine decay to --final-learning-rate, no warm-up)"
+        1e-4, "learning rate the second stage starts at (cosine decay to --final-learning-rate, no warm-up, "
+        "whatever --schedule)"
     )
     bn_momentum: float | None = _option(
         None,
@@ -154,8 +193,15 @@ class TrainConfig:
     def _check(self) -> None:
         """Every value in range (for a resolved config: the peak learning rate is set)."""
         check_arch(self.arch)
+        recipe_values(self.recipe)  # a known recipe
+        choices = {"labels": LABEL_MODES, "sampling": SAMPLINGS, "fold_unit": FOLD_UNITS,
+                   "validation_rows": VALIDATION_ROWS, "validation_targets": LABEL_MODES, "schedule": SCHEDULES,
+                   "mixed_precision": MIXED_PRECISION_MODES}
+        for name, known in choices.items():
+            if getattr(self, name) not in known:
+                raise ValueError(f"{name} must be one of {', '.join(known)}, got {getattr(self, name)!r}")
         positive = ("n_splits", "epochs", "batch_size", "max_samples", "steps_per_epoch", "stage2_min_votes",
-                    "stage2_epochs")
+                    "stage2_epochs", "staircase_epochs")
         for name in positive:
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -164,9 +210,14 @@ class TrainConfig:
             raise ValueError(f"n_splits must be >= 2, got {self.n_splits}")
         if self.folds is not None and not all(0 <= fold < self.n_splits for fold in self.folds):
             raise ValueError(f"folds {self.folds} must lie in 0..{self.n_splits - 1}")
-        if not 0 <= self.warmup_epochs < self.epochs:
+        if self.schedule == "warmup_cosine" and not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(
                 f"warmup_epochs ({self.warmup_epochs}) must be >= 0 and less than epochs ({self.epochs})"
+            )
+        if self.schedule == "starter_staircase" and not 0 <= self.warmup_epochs < self.staircase_epochs + 3:
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must be >= 0 and less than staircase_epochs + 3 "
+                f"({self.staircase_epochs + 3}): the staircase's cosine lasts staircase_epochs - warmup_epochs + 3"
             )
         for name in ("mixup_p", "time_mask_p", "freq_mask_p", "mirror_p"):
             if not 0 <= getattr(self, name) <= 1:
@@ -211,8 +262,16 @@ class TrainConfig:
         return cls(**{name: _from_json_value(name, value) for name, value in raw.items()})
 
     @classmethod
+    def for_recipe(cls, recipe: str = DEFAULT, **values) -> "TrainConfig":
+        """The config of `recipe` with `values` (explicit choices) over its defaults."""
+        return cls(**{**copy.deepcopy(recipe_values(recipe)), **values, "recipe": recipe})
+
+    @classmethod
     def from_arguments(cls, arguments: argparse.Namespace) -> "TrainConfig":
-        return cls(**{f.name: getattr(arguments, f.name) for f in dataclasses.fields(cls)})
+        """From `add_arguments`' flags: a flag left out is absent from `arguments`, so its
+        recipe's value (else the dataclass default) fills it."""
+        given = {f.name: getattr(arguments, f.name) for f in dataclasses.fields(cls) if hasattr(arguments, f.name)}
+        return cls.for_recipe(given.pop("recipe", DEFAULT), **given)
 
     def differences(self, other: "TrainConfig", ignore=RESUMABLE_DIFFERENCES) -> dict[str, tuple]:
         """{field: (self's value, other's value)} for the fields that differ."""
@@ -242,19 +301,49 @@ def _argument_type(hint):
     return options[0]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field: `--batch-size` for `batch_size`, defaults from the dataclass."""
+def recipe_defaults(recipe: str) -> dict:
+    """Every field's default under `recipe` (the required fields left out)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    return {**defaults, **copy.deepcopy(recipe_values(recipe)), "recipe": recipe}
+
+
+def _shown(name: str, value) -> str:
+    if name == "folds" and value is None:
+        return "all"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "automatic" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def add_arguments(parser: argparse.ArgumentParser, exclude: typing.Collection[str] = ()) -> None:
+    """One flag per TrainConfig field (but the fields in `exclude`): `--batch-size` for
+    `batch_size`. A flag left out is absent from the parsed namespace (argparse.SUPPRESS), so
+    `TrainConfig.from_arguments` can tell it from one given with the default's value and fill
+    it from `--recipe`. The help shows each recipe's default where they differ."""
     hints = _hints()
+    defaults = {name: recipe_defaults(name) for name in RECIPES}
+    unknown = set(exclude) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise ValueError(f"not TrainConfig fields: {sorted(unknown)}")
     for f in dataclasses.fields(TrainConfig):
+        if f.name in exclude:
+            continue
         metadata = dict(f.metadata)
-        options = {"help": metadata.pop("help")}
+        options = {"help": metadata.pop("help").replace("%", "%%")}
         parse = metadata.pop("parse", None)
         if f.default is dataclasses.MISSING:
             options["required"] = True
         else:
-            options["default"] = f.default
-            if f.default is not None and "default" not in options["help"]:
-                options["help"] += " (default: %(default)s)"
+            options["default"] = argparse.SUPPRESS
+            shown = {recipe: _shown(f.name, values[f.name]) for recipe, values in defaults.items()}
+            if f.name == "recipe":
+                options["help"] += f" (default: {DEFAULT})"
+            elif len(set(shown.values())) > 1:
+                options["help"] += " (" + "; ".join(f"{recipe}: {value}" for recipe, value in shown.items()) + ")"
+            elif f.default is not None and "default" not in options["help"]:
+                options["help"] += f" (default: {shown[DEFAULT]})"
         if metadata.get("action") is None:
             options["type"] = parse or _argument_type(hints[f.name])
         options.update(metadata)

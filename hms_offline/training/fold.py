@@ -1,6 +1,6 @@
-"""One fold: its training and validation rows, the compiled model, `fit` with the checkpoint
-callback, and, once trained, the fold's files: the best weights, out-of-fold predictions,
-history, config and, last, summary.json.
+"""One fold: its training and validation rows (fold_rows.py), the compiled model, `fit`
+with the checkpoint callback, and, once trained, the fold's files: the best weights,
+out-of-fold predictions, history, config and, last, summary.json.
 
 With `stage2_min_votes`, a fold trains in two stages: the first on all its training rows
 (its files in `fold<k>/stage1/`), the second from the first's best weights on the rows with
@@ -25,23 +25,14 @@ from hms_offline.training.augmentations import build_augmenter
 from hms_offline.training.checkpoint import FoldCheckpoint
 from hms_offline.training.config import PROGRESS_MODES, TrainConfig
 from hms_offline.training.data import WindowTable, window_dataset
-from hms_offline.training.labels import (
-    epoch_stream, first_row_per_eeg, make_sampler, prior, training_targets, vote_counts, vote_fractions,
-)
+from hms_offline.training.fold_rows import FoldData, split_fold
+from hms_offline.training.labels import epoch_stream, prior, training_targets, vote_fractions
 from hms_offline.training.run_folder import (CHECKPOINT_DIR, CONFIG_NAME, FOLD_SUMMARY_NAME, HISTORY_NAME,
                                              OOF_ID_COLUMNS, OOF_NAME, PREDICTED_COLUMNS, TRUE_COLUMNS, fold_dir,
                                              stage_dir, weights_name, write_csv, write_json)
 from hms_offline.training.schedule import schedule_for
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class FoldData:
-    train_rows: pd.DataFrame
-    validation_rows: pd.DataFrame  # one window per eeg_id
-    sampler: object
-    steps_per_epoch: int
 
 
 @dataclasses.dataclass
@@ -62,29 +53,12 @@ def fold_stages(config: TrainConfig, fold: int) -> list[Stage]:
         return [Stage(1, fold_dir(config.out, fold), config)]
     first = stage_dir(config.out, fold, 1)
     second = dataclasses.replace(
-        config, epochs=config.stage2_epochs, warmup_epochs=0.0,
+        config, epochs=config.stage2_epochs, warmup_epochs=0.0, schedule="warmup_cosine",
         initial_learning_rate=config.stage2_learning_rate, peak_learning_rate=config.stage2_learning_rate,
     )
     return [Stage(1, first, config),
             Stage(2, fold_dir(config.out, fold), second, config.stage2_min_votes,
                   first / weights_name(config.arch, fold))]
-
-
-def split_fold(config: TrainConfig, labels: pd.DataFrame, fold: int, min_votes: int | None = None) -> FoldData:
-    train_rows = labels[labels["fold"] != fold].reset_index(drop=True)
-    if min_votes is not None:
-        train_rows = train_rows[vote_counts(train_rows) >= min_votes].reset_index(drop=True)
-    held_out = labels[labels["fold"] == fold].reset_index(drop=True)
-    validation_rows = held_out.iloc[first_row_per_eeg(held_out)].reset_index(drop=True)
-    if train_rows.empty or validation_rows.empty:
-        votes = f" with at least {min_votes} votes" if min_votes is not None else ""
-        raise ValueError(
-            f"fold {fold}: {len(train_rows)} training rows{votes} and {len(validation_rows)} validation rows; "
-            "too few train.csv rows for the folds (see --max-samples, --stage2-min-votes)"
-        )
-    sampler = make_sampler(config.sampling, train_rows, config.seed + fold)
-    steps = config.steps_per_epoch or max(1, sampler.rows_per_epoch // config.batch_size)
-    return FoldData(train_rows, validation_rows, sampler, steps)
 
 
 def train_fold(config: TrainConfig, labels: pd.DataFrame, folders: dict[str, Path], fold: int, strategy) -> None:
@@ -114,10 +88,11 @@ def train_stage(stage: Stage, labels: pd.DataFrame, folders: dict[str, Path], fo
         warn_if_batch_statistics_lag(model, fold_config)
     votes = f" with >= {stage.min_votes} votes" if stage.min_votes is not None else ""
     log.info(
-        "fold %d%s: %d training rows%s (%d windows per epoch, %s), %d validation EEGs; input %s; "
+        "fold %d%s: %d training rows%s (%d windows per epoch, %s), %d validation rows (%s, %s targets); input %s; "
         "%d steps x batch %d for epochs %d..%d of %d",
         fold, f" stage {stage.number}" if config.stage2_min_votes is not None else "", len(data.train_rows), votes,
-        data.sampler.rows_per_epoch, config.sampling, len(data.validation_rows), config.input,
+        data.sampler.rows_per_epoch, config.sampling, len(data.validation_rows), config.validation_rows,
+        config.validation_targets, config.input,
         data.steps_per_epoch, config.batch_size, checkpoint.completed_epochs + 1, config.epochs, config.epochs,
     )
     validation = validation_dataset(config, folders, data.validation_rows)
@@ -136,7 +111,7 @@ def train_stage(stage: Stage, labels: pd.DataFrame, folders: dict[str, Path], fo
 
 
 def training_model(config: TrainConfig):
-    """The compiled classifier: Adam on the warm-up + cosine schedule, KLDivergence loss."""
+    """The compiled classifier: Adam on the configured learning-rate schedule, KLDivergence loss."""
     model = build_model(config.arch, include_rescaling=config.include_rescaling, pretrained=config.pretrained)
     if config.bn_momentum is not None:
         for layer in batch_normalization_layers(model):
@@ -179,8 +154,10 @@ def training_dataset(config: TrainConfig, folders: dict[str, Path], data: FoldDa
 
 
 def validation_dataset(config: TrainConfig, folders: dict[str, Path], rows: pd.DataFrame):
-    """Validation always scores vote fractions, the metric's target, whatever --labels says."""
-    table = WindowTable(folders, rows, vote_fractions(rows), config.view)
+    """val_loss against --validation-targets: vote fractions (the metric's target, whatever
+    --labels says), or the starter's one-hot consensus. The out-of-fold rows written after
+    training are scored against vote fractions either way (`oof_frame`)."""
+    table = WindowTable(folders, rows, training_targets(rows, config.validation_targets), config.view)
     return window_dataset(table, np.arange(len(rows)), config.batch_size, drop_remainder=False)
 
 

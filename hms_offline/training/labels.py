@@ -2,7 +2,8 @@
 
 Targets: vote fractions (votes / their row sum; what the metric scores) or the starter's
 one-hot `expert_consensus`. Samplings: the starter's first row per `spectrogram_id`, or
-(the default) one random labelled window per `eeg_id` each epoch.
+(the default) one random labelled window per `eeg_id` each epoch. Validation rows: the first
+row per `eeg_id` (the default) or per `spectrogram_id` (the starter's).
 """
 
 from pathlib import Path
@@ -89,9 +90,25 @@ def training_targets(labels: pd.DataFrame, mode: str) -> np.ndarray:
 
 
 def first_row_per_eeg(labels: pd.DataFrame) -> np.ndarray:
-    """Positions of each eeg_id's first labelled row: the validation windows (one per EEG,
-    like the test set, and the same for every model so their predictions line up)."""
+    """Positions of each eeg_id's first labelled row: the default validation windows (one per
+    EEG, like the test set, and the same for every model so their predictions line up)."""
     return np.flatnonzero(~labels[ID_COLUMN].duplicated().to_numpy())
+
+
+def first_row_per_spectrogram(labels: pd.DataFrame) -> np.ndarray:
+    """Positions of each spectrogram_id's first labelled row: the starter's training and
+    validation windows (`df.groupby("spectrogram_id").head(1)`)."""
+    return np.flatnonzero(~labels["spectrogram_id"].duplicated().to_numpy())
+
+
+# --validation-rows: which rows of a fold's held-out rows it is validated (and scored) on.
+VALIDATION_ROW_CHOICES = {"eeg_first": first_row_per_eeg, "spectrogram_first": first_row_per_spectrogram}
+
+
+def validation_positions(labels: pd.DataFrame, choice: str) -> np.ndarray:
+    if choice not in VALIDATION_ROW_CHOICES:
+        raise ValueError(f"unknown validation rows {choice!r}; known: {', '.join(VALIDATION_ROW_CHOICES)}")
+    return VALIDATION_ROW_CHOICES[choice](labels)
 
 
 class EegRandomWindow:
@@ -127,7 +144,7 @@ class SpectrogramFirst:
 
     def __init__(self, labels: pd.DataFrame, seed: int):
         self.seed = seed
-        self._first = np.flatnonzero(~labels["spectrogram_id"].duplicated().to_numpy())
+        self._first = first_row_per_spectrogram(labels)
         self._n_rows = len(labels)
 
     @property

@@ -15,14 +15,15 @@ import pandas as pd
 
 from hms_offline.atomic import write_text_atomically
 from hms_offline.models.manifest import MANIFEST_NAME, Manifest, make_entry, write_manifest
-from hms_offline.training.config import TrainConfig, read_config
+from hms_offline.training.config import TrainConfig
+from hms_offline.training.recipes import STARTER
 from hms_offline.features.views import get_view, view_record
 from hms_offline.training.data import check_offsets, prepare_recordings
 from hms_offline.training.fold import train_fold
 from hms_offline.training.folds import fold_of_rows, make_folds, read_folds, write_folds
 from hms_offline.training.labels import read_train_labels
-from hms_offline.training.run_folder import (CONFIG_NAME, FOLD_SUMMARY_NAME, FOLDS_NAME, LOG_NAME, finished_folds,
-                                             fold_dir)
+from hms_offline.training.run_folder import (CONFIG_NAME, FOLD_SUMMARY_NAME, FOLDS_NAME, LOG_NAME, check_same_run,
+                                             finished_folds, fold_dir)
 from hms_offline.training.strategy import training_strategy
 from hms_offline.training.summary import summarize_run
 
@@ -36,6 +37,7 @@ def train(config: TrainConfig) -> dict:
     run_dir = config.out
     run_dir.mkdir(parents=True, exist_ok=True)
     with log_to_file(run_dir / LOG_NAME):
+        log_recipe(config)
         check_same_run(config, run_dir)
         labels = read_train_labels(config.data_dir / "train.csv")
         folds = load_or_make_folds(config, labels, run_dir)
@@ -75,15 +77,16 @@ def log_to_file(path: Path):
         handler.close()
 
 
-def check_same_run(config: TrainConfig, run_dir: Path) -> None:
-    """A run folder resumes only with the settings it was started with (the data location,
-    the folds to train and the progress display may change)."""
-    if not (run_dir / CONFIG_NAME).is_file():
-        return
-    differences = read_config(run_dir / CONFIG_NAME).differences(config)
-    if differences:
-        listed = "; ".join(f"{name}: {before!r} there, {now!r} now" for name, (before, now) in differences.items())
-        raise ValueError(f"{run_dir} holds a run with other settings ({listed}); use another --out")
+def log_recipe(config: TrainConfig) -> None:
+    """Which recipe the run follows, and for the starter's what it cannot reproduce here."""
+    log.info("recipe %s: %s, schedule %s, folds over %s, sampling %s, validation %s (%s targets), labels %s, "
+             "mixed precision %s", config.recipe, config.arch, config.schedule, config.fold_unit, config.sampling,
+             config.validation_rows, config.validation_targets, config.labels, config.mixed_precision)
+    if config.recipe == STARTER and config.pretrained is None:
+        log.warning(
+            "the starter began from ImageNet weights (keras-cv preset efficientnetv2_b2_imagenet); without "
+            "--pretrained (a local preset folder) this run starts from random weights, BatchNormalization "
+            "momentum capped at %g", config.bn_momentum)
 
 
 def load_or_make_folds(config: TrainConfig, labels: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
@@ -97,9 +100,10 @@ def load_or_make_folds(config: TrainConfig, labels: pd.DataFrame, run_dir: Path)
     elif own.is_file():
         folds = read_folds(own)
     else:
-        folds = make_folds(labels, config.n_splits, config.fold_seed)
-        log.info("folds: StratifiedGroupKFold(n_splits=%d, random_state=%d) by patient_id",
-                 config.n_splits, config.fold_seed)
+        folds = make_folds(labels, config.n_splits, config.fold_seed, config.fold_unit)
+        log.info("folds: StratifiedGroupKFold(n_splits=%d, shuffle=True, random_state=%d) by patient_id over %s",
+                 config.n_splits, config.fold_seed,
+                 "one row per eeg_id" if config.fold_unit == "eeg" else "all train.csv rows")
     n_splits = int(folds["fold"].max()) + 1
     if n_splits != config.n_splits:
         raise ValueError(f"the folds file has {n_splits} folds, but n_splits is {config.n_splits}")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from hms_offline.atomic import atomic_output, write_text_atomically
 from hms_offline.constants import ID_COLUMN, VOTE_COLUMNS
+from hms_offline.training.config import TrainConfig, read_config
 
 CONFIG_NAME = "config.json"  # the resolved TrainConfig, of the run and of each fold
 FOLDS_NAME = "folds.csv"
@@ -69,3 +70,14 @@ def write_json(data: dict, path: Path) -> Path:
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def check_same_run(config: TrainConfig, run_dir: Path) -> None:
+    """A run folder resumes only with the settings it was started with (the data location,
+    the folds to train and the progress display may change)."""
+    if not (run_dir / CONFIG_NAME).is_file():
+        return
+    differences = read_config(run_dir / CONFIG_NAME).differences(config)
+    if differences:
+        listed = "; ".join(f"{name}: {before!r} there, {now!r} now" for name, (before, now) in differences.items())
+        raise ValueError(f"{run_dir} holds a run with other settings ({listed}); use another --out")

@@ -69,7 +69,7 @@ def stage_scores(run_dir: Path, folds: list[dict], oof: pd.DataFrame, last_kl: f
     ]
 
 
-def _stage_histories(run_dir: Path, fold: int) -> pd.DataFrame:
+def fold_history(run_dir: Path, fold: int) -> pd.DataFrame:
     """The fold's history, a first stage's epochs before its second's, numbered on."""
     history = pd.read_csv(fold_dir(run_dir, fold) / HISTORY_NAME)
     first = stage_dir(run_dir, fold, 1) / HISTORY_NAME
@@ -97,7 +97,7 @@ def plot_loss_curves(run_dir: Path, folds: list[int], path: Path) -> Path:
     plt = pyplot()
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for index, fold in enumerate(folds):
-        history = _stage_histories(run_dir, fold)
+        history = fold_history(run_dir, fold)
         colour = f"C{index}"
         axes.plot(history["epoch"], history["loss"], "-o", color=colour, label=f"fold {fold} train")
         axes.plot(history["epoch"], history["val_loss"], "--s", color=colour, label=f"fold {fold} val")

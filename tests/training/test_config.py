@@ -14,13 +14,17 @@ def parse_train(*flags: str) -> TrainConfig:
     return TrainConfig.from_arguments(arguments)
 
 
-def test_defaults_are_the_starters_recipe():
+def test_defaults_are_the_default_recipe():
     config = parse_train().resolved()
+    assert config.recipe == "default"
     assert (config.arch, config.epochs, config.batch_size, config.n_splits, config.fold_seed) == (
         "mobilenetv3_large", 13, 64, 5, 42,
     )
     assert (config.mixup_p, config.mixup_alpha, config.time_mask_p, config.freq_mask_p) == (0.5, 2.0, 0.5, 0.5)
     assert config.labels == "fractions" and config.sampling == "eeg_random_window"
+    assert (config.fold_unit, config.validation_rows, config.validation_targets, config.schedule) == (
+        "eeg", "eeg_first", "fractions", "warmup_cosine")
+    assert config.mixed_precision == "auto"
     assert config.include_rescaling and config.pretrained is None
     assert config.fold_list() == [0, 1, 2, 3, 4]
     # the switches beyond the starter are off

@@ -52,3 +52,16 @@ def test_too_few_patients_for_the_folds(real_labels):
     few = real_labels[real_labels["patient_id"].isin(real_labels["patient_id"].unique()[:3])]
     with pytest.raises(ValueError, match="5 folds need at least 5 patients"):
         make_folds(few, n_splits=5)
+
+
+def test_folds_over_all_rows_keep_each_patient_and_eeg_in_one_fold(real_labels):
+    folds = make_folds(real_labels, n_splits=5, seed=42, unit="rows")
+    assert set(folds["eeg_id"]) == set(real_labels["eeg_id"]) and folds["eeg_id"].is_unique
+    assert folds.groupby("patient_id")["fold"].nunique().max() == 1
+    assert sorted(folds["fold"].unique()) == [0, 1, 2, 3, 4]
+    rows_fold = fold_of_rows(real_labels, folds, "test")
+    counts = np.bincount(rows_fold)
+    assert counts.max() - counts.min() <= 0.1 * counts.mean()  # balanced in rows, not in EEGs
+    assert not np.array_equal(rows_fold, fold_of_rows(real_labels, make_folds(real_labels, 5, 42), "test"))
+    with pytest.raises(ValueError, match="unknown fold unit"):
+        make_folds(real_labels, unit="spectrogram")

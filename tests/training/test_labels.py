@@ -13,6 +13,7 @@ from hms_offline.training.labels import (
     prior,
     read_train_labels,
     training_targets,
+    validation_positions,
     vote_fractions,
 )
 
@@ -77,8 +78,12 @@ def test_epoch_stream_of_a_resumed_run_matches_the_uninterrupted_one():
     np.testing.assert_array_equal(epoch_stream(sampler, 2, 4, rows_per_epoch=5), whole[10:])
 
 
-def test_validation_rows_are_the_first_row_of_each_eeg():
+def test_validation_rows_are_the_first_row_of_each_eeg_or_of_each_spectrogram():
     assert first_row_per_eeg(labels_frame()).tolist() == [0, 3, 4]
+    assert validation_positions(labels_frame(), "eeg_first").tolist() == [0, 3, 4]
+    assert validation_positions(labels_frame(), "spectrogram_first").tolist() == [0, 4]  # the starter's
+    with pytest.raises(ValueError, match="unknown validation rows"):
+        validation_positions(labels_frame(), "all")
 
 
 def test_prior_is_the_sampling_weighted_mean_fraction():

@@ -154,9 +154,10 @@ def test_mobilenet_run_writes_every_output(mobilenet_run):
     assert (fold_config.folds, fold_config.steps_per_epoch, fold_config.peak_learning_rate) == ([0], 8, 2e-3)
     assert fold_config.arch == "mobilenetv3_large" and fold_config.include_rescaling
     history = pd.read_csv(run_dir / "fold0" / "history.csv")
-    assert list(history.columns) == ["epoch", "loss", "val_loss", "learning_rate", "seconds", "train_samples_per_second"]
+    assert list(history.columns) == ["epoch", "loss", "val_loss", "learning_rate", "learning_rate_end", "seconds",
+                                     "train_samples_per_second"]
     assert history["epoch"].tolist() == [1, 2, 3, 4]
-    assert history["learning_rate"].iloc[-1] == pytest.approx(1e-5)  # the schedule's floor
+    assert history["learning_rate_end"].iloc[-1] == pytest.approx(1e-5)  # the schedule's floor, at the last step
     oof = pd.read_csv(run_dir / "oof.csv")
     summary = json.loads((run_dir / "fold0" / "summary.json").read_text())
     assert len(oof) == summary["validation_rows"] == oof["eeg_id"].nunique()  # one window per EEG
@@ -225,7 +226,8 @@ def test_the_two_stage_run_resumed_its_second_stage_and_scores_both(both_run):
     assert pd.read_csv(first / "history.csv")["epoch"].tolist() == [1, 2, 3, 4]
     second = pd.read_csv(run_dir / "fold0" / "history.csv")
     assert second["epoch"].tolist() == [1, 2]
-    assert second["learning_rate"].iloc[-1] == pytest.approx(1e-5)  # cosine from 5e-4 to the floor
+    assert second["learning_rate"].iloc[0] == pytest.approx(5e-4)  # stage 2's own schedule, no warm-up
+    assert second["learning_rate_end"].iloc[-1] == pytest.approx(1e-5)  # cosine from 5e-4 to the floor
     assert "fold 0 stage 2 starts from" in (run_dir / "train.log").read_text()
     manifest = read_manifest(run_dir / "weights_manifest.json")
     assert manifest.models[0].input["name"] == "kaggle_eeg_stacked"

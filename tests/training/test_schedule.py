@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from hms_offline.training.config import TrainConfig
-from hms_offline.training.schedule import schedule_for, warmup_cosine
+from hms_offline.training.schedule import schedule_for, starter_epoch_rates, warmup_cosine
 
 
 def learning_rates(schedule, steps) -> np.ndarray:
@@ -23,13 +23,26 @@ def test_warm_up_rises_to_the_peak_then_cosine_decays_to_the_floor():
 
 
 @pytest.mark.slow
-def test_schedule_of_the_default_config_is_the_starters_numbers():
+def test_schedule_of_the_default_config():
     config = TrainConfig(data_dir="d", out="o").resolved()  # batch 64, 13 epochs, 3 warm-up
     schedule = schedule_for(config, steps_per_epoch=10)
     assert config.peak_learning_rate == pytest.approx(6e-6 * 64)
     assert float(schedule(0)) == pytest.approx(5e-5)
     assert float(schedule(30)) == pytest.approx(3.84e-4)
-    assert float(schedule(130)) == pytest.approx(1e-5)
+    assert float(schedule(128)) > 1e-5 * 1.001  # still decaying one step before the end
+    assert float(schedule(129)) == pytest.approx(1e-5) == float(schedule(130))  # the last step trains at the floor
+
+
+@pytest.mark.slow
+def test_the_starter_staircase_holds_each_epochs_rate_over_its_steps():
+    config = TrainConfig.for_recipe("starter", data_dir="d", out="o").resolved()
+    steps = 7
+    schedule = schedule_for(config, steps_per_epoch=steps)
+    rates = starter_epoch_rates(config)
+    for epoch, rate in enumerate(rates):
+        first, last = epoch * steps, (epoch + 1) * steps - 1
+        np.testing.assert_allclose(learning_rates(schedule, range(first, last + 1)), rate, rtol=1e-6)
+    np.testing.assert_allclose(learning_rates(schedule, [len(rates) * steps, 10**6]), rates[-1], rtol=1e-6)
 
 
 @pytest.mark.slow
