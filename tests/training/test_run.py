@@ -5,8 +5,7 @@ Budget, 2 CPU cores: about 7 minutes. MobileNetV3 Large trains ~6 images/s here 
 work, fold 0 of 2, 4 epochs x 8 steps x batch 8, on the same folds: on the Kaggle spectrogram
 (the first), on the EEG view, and on both stacked in two stages; the last is started by the
 command line in a subprocess (network blocked), killed once its second stage has committed an
-epoch, then resumed in-process. EfficientNetV2 B2 gets a 2-step run of the other fold with
-the first run's folds.csv.
+epoch, then resumed in-process. (EfficientNetV2 B2 trains in tests/training/test_study.py.)
 """
 
 import json
@@ -38,10 +37,6 @@ MOBILENET_FLAGS = [
     # MobileNetV3's BatchNormalization momentum 0.999 leaves its moving statistics at their
     # initial values for thousands of steps; 32 steps need a short memory.
     "--bn-momentum", "0.5",
-]
-EFFICIENTNET_FLAGS = [
-    "--arch", "efficientnetv2_b2", "--n-splits", "2", "--folds", "1", "--epochs", "1", "--warmup-epochs", "0",
-    "--steps-per-epoch", "2", "--batch-size", "2", "--max-samples", "40", "--progress", "off",
 ]
 RUN_FILES = {"config.json", "folds.csv", "train.log", "oof.csv", "cv.json", "loss_curves.png", "weights_manifest.json"}
 
@@ -94,16 +89,6 @@ def mobilenet_run(competition, tmp_path_factory):
     out, work = root / "mnv3", root / "work"
     flags = train_flags(competition, out, work, MOBILENET_FLAGS)
     return SimpleNamespace(dir=out, work=work, flags=flags, summary=train(config_of(flags)))
-
-
-@pytest.fixture(scope="module")
-def efficientnet_run(competition, mobilenet_run):
-    from hms_offline.training.run import train
-
-    out = mobilenet_run.dir.parent / "effnet"
-    flags = [*train_flags(competition, out, mobilenet_run.work, EFFICIENTNET_FLAGS),
-             "--folds-file", str(mobilenet_run.dir / "folds.csv")]
-    return SimpleNamespace(dir=out, summary=train(config_of(flags)))
 
 
 @pytest.fixture(scope="module")
@@ -339,26 +324,17 @@ def test_no_patient_is_in_two_folds(mobilenet_run, competition):
     assert not training_patients & set(oof["patient_id"])
 
 
-def test_efficientnet_run_finishes_on_the_same_folds(mobilenet_run, efficientnet_run):
-    assert_run_complete(efficientnet_run.dir, "efficientnetv2_b2", [1])
-    pd.testing.assert_frame_equal(
-        pd.read_csv(efficientnet_run.dir / "folds.csv"), pd.read_csv(mobilenet_run.dir / "folds.csv")
-    )
-    assert efficientnet_run.summary["parameters"] == 8_777_828
-    history = pd.read_csv(efficientnet_run.dir / "fold1" / "history.csv")
-    assert history["epoch"].tolist() == [1]
-
-
-def test_report_compares_runs_side_by_side(mobilenet_run, efficientnet_run, tmp_path):
+def test_report_compares_runs_side_by_side(mobilenet_run, eeg_run, both_run, tmp_path):
+    """(Both architectures side by side: tests/training/test_study.py, which trains EfficientNetV2 B2.)"""
     out = tmp_path / "report"
-    runs = [str(mobilenet_run.dir), str(efficientnet_run.dir)]
+    runs = [str(mobilenet_run.dir), str(eeg_run.dir), str(both_run.dir)]
     assert main(["report", *runs, "--out", str(out), "--speed-images", "4", "--speed-batch-size", "2"]) == 0
     table = pd.read_csv(out / "comparison.csv")
-    assert table["arch"].tolist() == ["mobilenetv3_large", "efficientnetv2_b2"]
-    assert table["parameters"].tolist() == [3_002_118, 8_777_828]
-    assert table["trainable_parameters"].tolist() == [2_977_718, 8_695_540]
-    assert table["cv_kl"].iloc[0] == pytest.approx(mobilenet_run.summary["cv_kl"])
-    assert table["best_val_loss_fold0"].notna().tolist() == [True, False]
+    assert table["input"].tolist() == ["kaggle", "eeg", "both"]
+    assert table["parameters"].tolist() == [3_002_118] * 3 and table["trainable_parameters"].tolist() == [2_977_718] * 3
+    assert table["cv_kl"].tolist() == pytest.approx([run.summary["cv_kl"] for run in (mobilenet_run, eeg_run, both_run)])
+    assert table["stage1_cv_kl"].isna().tolist() == [True, True, False]
+    assert table["stage1_cv_kl"].iloc[2] == pytest.approx(both_run.summary["stages"][0]["cv_kl"])
     assert (table["inference_images_per_s"] > 0).all() and (table["train_samples_per_s"] > 0).all()
     markdown = (out / "comparison.md").read_text()
     assert markdown.startswith("| run | arch | input | parameters |") and "3,002,118" in markdown
