@@ -42,6 +42,10 @@ ARCHITECTURES = {
 }
 
 
+# The keras-cv ImageNet preset of each architecture: what a local --pretrained folder would hold.
+IMAGENET_PRESETS = {"mobilenetv3_large": "mobilenet_v3_large_imagenet", "efficientnetv2_b2": "efficientnetv2_b2_imagenet"}
+
+
 def check_arch(arch: str) -> str:
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown arch {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")

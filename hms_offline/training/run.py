@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from hms_offline.atomic import write_text_atomically
+from hms_offline.models.registry import IMAGENET_PRESETS
 from hms_offline.models.manifest import MANIFEST_NAME, Manifest, make_entry, write_manifest
 from hms_offline.training.config import TrainConfig
 from hms_offline.training.recipes import STARTER
@@ -84,9 +85,9 @@ def log_recipe(config: TrainConfig) -> None:
              config.validation_rows, config.validation_targets, config.labels, config.mixed_precision)
     if config.recipe == STARTER and config.pretrained is None:
         log.warning(
-            "the starter began from ImageNet weights (keras-cv preset efficientnetv2_b2_imagenet); without "
-            "--pretrained (a local preset folder) this run starts from random weights, BatchNormalization "
-            "momentum capped at %g", config.bn_momentum)
+            "the starter began from ImageNet weights (keras-cv preset %s); without --pretrained (a local "
+            "preset folder) this run starts from random weights, BatchNormalization momentum capped at %g",
+            IMAGENET_PRESETS.get(config.arch, "?"), config.bn_momentum)
 
 
 def load_or_make_folds(config: TrainConfig, labels: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
