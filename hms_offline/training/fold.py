@@ -31,6 +31,7 @@ from hms_offline.training.run_folder import (CHECKPOINT_DIR, CONFIG_NAME, FOLD_S
                                              OOF_ID_COLUMNS, OOF_NAME, PREDICTED_COLUMNS, TRUE_COLUMNS, fold_dir,
                                              stage_dir, weights_name, write_csv, write_json)
 from hms_offline.training.schedule import schedule_for
+from hms_offline.training.strategy import precision_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +113,14 @@ def train_stage(stage: Stage, labels: pd.DataFrame, folders: dict[str, Path], fo
 
 
 def training_model(config: TrainConfig):
-    """The compiled classifier: Adam on the configured learning-rate schedule, KLDivergence loss."""
+    """The compiled classifier: Adam on the configured learning-rate schedule (loss-scaled under
+    mixed_float16), KLDivergence loss."""
     model = build_model(config.arch, include_rescaling=config.include_rescaling, pretrained=config.pretrained)
     if config.bn_momentum is not None:
         for layer in batch_normalization_layers(model):
             layer.momentum = min(layer.momentum, config.bn_momentum)
     optimizer = keras.optimizers.Adam(learning_rate=schedule_for(config, config.steps_per_epoch))
-    model.compile(optimizer=optimizer, loss=keras.losses.KLDivergence())
+    model.compile(optimizer=precision_optimizer(optimizer), loss=keras.losses.KLDivergence())
     return model
 
 

@@ -87,6 +87,26 @@ def logical_cpus(count: int) -> list[str]:
     return devices[:count]
 
 
+class BatchCountingLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+    """Keras's dynamic loss scaling for mixed_float16, but a step skipped for non-finite
+    gradients (the scale halves) still advances `iterations`, as tf.keras 2's did: the
+    learning-rate schedule follows the batches trained, so steps per epoch, the warm-up and
+    the floor at the last step hold whatever the loss scale does. Keras 3's own counts only
+    the applied steps (measured: a 4-step run skipped 2 and never left the warm-up)."""
+
+    def _stateful_handle_non_finite_grads(self):
+        super()._stateful_handle_non_finite_grads()
+        self.iterations.assign_add(1)
+
+
+def precision_optimizer(optimizer):
+    """`optimizer` as the dtype policy needs it: under mixed_float16 in
+    BatchCountingLossScaleOptimizer (else `compile` wraps it in Keras's own)."""
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
+        return BatchCountingLossScaleOptimizer(optimizer)
+    return optimizer
+
+
 def precision_policy(mode: str, device: str) -> str:
     accelerated = "CPU" not in device  # "CPU", "2 logical CPU(s)"
     if mode == "off" or (mode == "auto" and not accelerated):

@@ -254,3 +254,13 @@ def test_exported_engines_of_strategy_and_mixed_precision_weights_equal_keras(ru
     engines = {"saved_model": SavedModelEngine.from_path(saved_model), "tflite": TFLiteEngine.from_path(tflite, 2)}
     for kind, engine in engines.items():
         np.testing.assert_allclose(engine.predict_on_batch(images), expected, atol=TOLERANCES[kind], err_msg=kind)
+
+
+def test_cpu_replicas_in_a_process_whose_tensorflow_started_is_refused_with_the_reason(runs):
+    """This process trained (its runtime holds one logical CPU): 2 cannot be configured now."""
+    from hms_offline.training.strategy import logical_cpus
+
+    assert logical_cpus(1) == ["/device:CPU:0"]
+    with pytest.raises(RuntimeError, match=r"--cpu-replicas 2: TensorFlow already initialised this process with 1 "
+                                           r"logical CPU device\(s\).*in a fresh process"):
+        logical_cpus(2)
