@@ -226,7 +226,7 @@ def test_mixed_precision_weights_load_in_float32_and_its_rows_sum_to_one(runs):
     """Variables stay float32 under mixed_float16 (only the computation is float16), so the
     shipped weights are float32 and load into a float32 model; the float16 softmax's rows are
     renormalised in float64 (`predict_probabilities`). The float32 reload's probabilities
-    differ from the float16 ones by float16's resolution (~1e-3 relative)."""
+    differ from the float16 ones by float16 rounding: measured at most 5.2e-5; tolerance 5e-4."""
     with h5py.File(runs.mixed / "fold0" / f"{ARCH}_fold0.weights.h5") as handle:
         dtypes = set()
         handle.visititems(lambda name, item: dtypes.add(item.dtype) if isinstance(item, h5py.Dataset) else None)
@@ -236,8 +236,9 @@ def test_mixed_precision_weights_load_in_float32_and_its_rows_sum_to_one(runs):
     engine = kernel_engine(runs.mixed)
     assert {weight.dtype for weight in engine.model.weights} == {"float32"}
     predicted = engine.predict_on_batch(images)
-    print("mixed precision OOF vs float32 reload: max |difference|", np.abs(predicted - oof.filter(like="pred_")).max())
-    np.testing.assert_allclose(predicted, oof.filter(like="pred_"), atol=5e-3)
+    print("mixed precision OOF vs float32 reload: max |difference|",
+          np.abs(predicted - oof.filter(like="pred_").to_numpy()).max())
+    np.testing.assert_allclose(predicted, oof.filter(like="pred_"), atol=5e-4)
 
 
 def test_exported_engines_of_strategy_and_mixed_precision_weights_equal_keras(runs, tmp_path):
