@@ -14,8 +14,8 @@ off, on the same converted spectrograms), shared by every test here:
 The two subprocesses start together and the reference trains meanwhile: on 2 cores their
 ~30 s first-step tracings overlap. Cost: the runs ~295 CPU seconds, the export ~40 more
 (11 to 12.5 min wall on this shared machine at a load of 9 to 11; estimated 3 to 3.5 min on 2
-  idle cores, not measured: the machine was never idle). What this does not reach: real GPUs (NCCL all-reduce,
-float16 kernels), TPUStrategy and bfloat16.
+idle cores, not measured: the machine was never idle). What this does not reach: real GPUs
+(NCCL all-reduce, float16 kernels), TPUStrategy and bfloat16.
 """
 
 import json
