@@ -36,8 +36,10 @@ PEAK_LEARNING_RATE_PER_SAMPLE = 6e-6
 FROM_SCRATCH_BN_MOMENTUM = 0.99
 
 # Fields that may differ when a run folder is trained again (resumed or extended by folds).
+# (The replica count may change, the global batch may not: each optimizer step sees the same
+# batch whatever the hardware splits it into.)
 RESUMABLE_DIFFERENCES = frozenset(
-    {"data_dir", "out", "work_dir", "spectrogram_dir", "folds", "folds_file", "progress"}
+    {"data_dir", "out", "work_dir", "spectrogram_dir", "folds", "folds_file", "progress", "cpu_replicas"}
 )
 
 
@@ -171,6 +173,12 @@ class TrainConfig:
     mixed_precision: str = _option(
         "auto", "mixed precision: auto = on with a GPU or TPU", choices=MIXED_PRECISION_MODES
     )
+    cpu_replicas: int | None = _option(
+        None, "for tests and debugging: train under MirroredStrategy over this many logical CPU devices (the CPU "
+        "split before TensorFlow initialises), the code path of several GPUs, whatever hardware is attached; "
+        "--batch-size stays the global batch and must divide by it; may change when a run resumes "
+        "(default: the hardware's strategy)",
+    )
     progress: str = _option(
         "bar", "Keras progress: a bar, one line per epoch, or off", choices=tuple(PROGRESS_MODES)
     )
@@ -201,11 +209,13 @@ class TrainConfig:
             if getattr(self, name) not in known:
                 raise ValueError(f"{name} must be one of {', '.join(known)}, got {getattr(self, name)!r}")
         positive = ("n_splits", "epochs", "batch_size", "max_samples", "steps_per_epoch", "stage2_min_votes",
-                    "stage2_epochs", "staircase_epochs")
+                    "stage2_epochs", "staircase_epochs", "cpu_replicas")
         for name in positive:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.cpu_replicas is not None:
+            check_batch_splits(self.batch_size, self.cpu_replicas)
         if self.n_splits < 2:
             raise ValueError(f"n_splits must be >= 2, got {self.n_splits}")
         if self.folds is not None and not all(0 <= fold < self.n_splits for fold in self.folds):
@@ -280,6 +290,15 @@ class TrainConfig:
             for f in dataclasses.fields(self)
             if f.name not in ignore and getattr(self, f.name) != getattr(other, f.name)
         }
+
+
+def check_batch_splits(batch_size: int, replicas: int) -> None:
+    """The global batch splits evenly across the replicas (no replica gets a smaller share)."""
+    if batch_size % replicas:
+        raise ValueError(
+            f"batch_size {batch_size} (the global batch) does not divide by the {replicas} replicas it is split "
+            f"across; choose a multiple of {replicas}"
+        )
 
 
 def _hints() -> dict:

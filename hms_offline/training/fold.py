@@ -31,6 +31,7 @@ from hms_offline.training.run_folder import (CHECKPOINT_DIR, CONFIG_NAME, FOLD_S
                                              OOF_ID_COLUMNS, OOF_NAME, PREDICTED_COLUMNS, TRUE_COLUMNS, fold_dir,
                                              stage_dir, weights_name, write_csv, write_json)
 from hms_offline.training.schedule import schedule_for
+from hms_offline.training.strategy import precision_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +90,12 @@ def train_stage(stage: Stage, labels: pd.DataFrame, folders: dict[str, Path], fo
     votes = f" with >= {stage.min_votes} votes" if stage.min_votes is not None else ""
     log.info(
         "fold %d%s: %d training rows%s (%d windows per epoch, %s), %d validation rows (%s, %s targets); input %s; "
-        "%d steps x batch %d for epochs %d..%d of %d",
+        "%d steps x global batch %d (%d per replica) for epochs %d..%d of %d",
         fold, f" stage {stage.number}" if config.stage2_min_votes is not None else "", len(data.train_rows), votes,
         data.sampler.rows_per_epoch, config.sampling, len(data.validation_rows), config.validation_rows,
         config.validation_targets, config.input,
-        data.steps_per_epoch, config.batch_size, checkpoint.completed_epochs + 1, config.epochs, config.epochs,
+        data.steps_per_epoch, config.batch_size, config.batch_size // strategy.num_replicas_in_sync,
+        checkpoint.completed_epochs + 1, config.epochs, config.epochs,
     )
     validation = validation_dataset(config, folders, data.validation_rows)
     if checkpoint.completed_epochs < config.epochs:
@@ -107,17 +109,18 @@ def train_stage(stage: Stage, labels: pd.DataFrame, folders: dict[str, Path], fo
             shuffle=False,  # the sampler already shuffled each epoch
             verbose=PROGRESS_MODES[config.progress],
         )
-    finish_stage(stage, fold_config, data, validation, checkpoint, model)
+    finish_stage(stage, fold_config, data, validation, checkpoint, model, strategy)
 
 
 def training_model(config: TrainConfig):
-    """The compiled classifier: Adam on the configured learning-rate schedule, KLDivergence loss."""
+    """The compiled classifier: Adam on the configured learning-rate schedule (loss-scaled under
+    mixed_float16), KLDivergence loss."""
     model = build_model(config.arch, include_rescaling=config.include_rescaling, pretrained=config.pretrained)
     if config.bn_momentum is not None:
         for layer in batch_normalization_layers(model):
             layer.momentum = min(layer.momentum, config.bn_momentum)
     optimizer = keras.optimizers.Adam(learning_rate=schedule_for(config, config.steps_per_epoch))
-    model.compile(optimizer=optimizer, loss=keras.losses.KLDivergence())
+    model.compile(optimizer=precision_optimizer(optimizer), loss=keras.losses.KLDivergence())
     return model
 
 
@@ -162,16 +165,18 @@ def validation_dataset(config: TrainConfig, folders: dict[str, Path], rows: pd.D
 
 
 def finish_stage(stage: Stage, config: TrainConfig, data: FoldData, validation, checkpoint: FoldCheckpoint,
-                 model) -> None:
-    """Best weights (without optimizer state), out-of-fold predictions, history, config and,
-    last, summary.json, in the stage's folder; then the checkpoint is removed."""
+                 model, strategy) -> None:
+    """Best weights (without optimizer state), out-of-fold predictions (under the training
+    strategy: each batch split across the replicas, the last one partial), history, config
+    and, last, summary.json, in the stage's folder; then the checkpoint is removed."""
     fold = config.folds[0]
     directory = stage.directory
     state = checkpoint.state
     if state["best"] is None:
         raise RuntimeError(f"fold {fold}: no epoch reached a finite val_loss; nothing to keep")
-    inference_model = build_model(config.arch, include_rescaling=config.include_rescaling)
-    inference_model.load_weights(checkpoint.directory / state["best"])
+    with strategy.scope():
+        inference_model = build_model(config.arch, include_rescaling=config.include_rescaling)
+        inference_model.load_weights(checkpoint.directory / state["best"])
     weights = directory / weights_name(config.arch, fold)
     save_weights_atomically(inference_model, weights)
     probabilities = predict_probabilities(inference_model, validation)

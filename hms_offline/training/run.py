@@ -40,18 +40,19 @@ def train(config: TrainConfig) -> dict:
     with log_to_file(run_dir / LOG_NAME):
         log_recipe(config)
         check_same_run(config, run_dir)
-        labels = read_train_labels(config.data_dir / "train.csv")
-        folds = load_or_make_folds(config, labels, run_dir)
-        labels = labels.assign(fold=fold_of_rows(labels, folds, run_dir / FOLDS_NAME))
-        labels = limit_rows(labels, config.max_samples, config.seed)
-        sources = get_view(config.view).sources
-        check_offsets(labels, sources, config.data_dir / "train.csv")
-        folders = prepare_recordings(config.data_dir, labels, sources, config.work_dir, config.spectrogram_dir)
-        # Written once the inputs are known to be good: they define the run folder.
-        write_folds(folds, run_dir / FOLDS_NAME)
-        write_text_atomically(run_dir / CONFIG_NAME, config.to_json())
-        summary = None
-        with training_strategy(config.mixed_precision) as strategy:
+        # Before anything else touches TensorFlow: --cpu-replicas splits the CPU before its runtime starts.
+        with training_strategy(config.mixed_precision, config.cpu_replicas, config.batch_size) as strategy:
+            labels = read_train_labels(config.data_dir / "train.csv")
+            folds = load_or_make_folds(config, labels, run_dir)
+            labels = labels.assign(fold=fold_of_rows(labels, folds, run_dir / FOLDS_NAME))
+            labels = limit_rows(labels, config.max_samples, config.seed)
+            sources = get_view(config.view).sources
+            check_offsets(labels, sources, config.data_dir / "train.csv")
+            folders = prepare_recordings(config.data_dir, labels, sources, config.work_dir, config.spectrogram_dir)
+            # Written once the inputs are known to be good: they define the run folder.
+            write_folds(folds, run_dir / FOLDS_NAME)
+            write_text_atomically(run_dir / CONFIG_NAME, config.to_json())
+            summary = None
             for fold in config.fold_list():
                 if (fold_dir(run_dir, fold) / FOLD_SUMMARY_NAME).is_file():
                     log.info("fold %d is already finished in %s: skipped", fold, run_dir)

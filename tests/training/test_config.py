@@ -111,3 +111,34 @@ def test_cli_help_does_not_import_tensorflow():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cpu_replicas_must_split_the_global_batch_evenly():
+    assert parse_train("--cpu-replicas", "2", "--batch-size", "8").resolved().cpu_replicas == 2
+    assert parse_train().resolved().cpu_replicas is None  # the hardware's strategy
+    with pytest.raises(ValueError, match=r"batch_size 6 \(the global batch\) does not divide by the 4 replicas"):
+        parse_train("--cpu-replicas", "4", "--batch-size", "6").resolved()
+    for count in ("0", "-1"):
+        with pytest.raises(ValueError, match=f"cpu_replicas must be >= 1, got {count}"):
+            parse_train("--cpu-replicas", count).resolved()
+
+
+def test_a_global_batch_that_does_not_split_across_the_hardware_is_refused():
+    """The check the strategy applies to the replica count it finds (GPUs, TPU cores)."""
+    from hms_offline.training.config import check_batch_splits
+
+    check_batch_splits(64, 8)
+    with pytest.raises(ValueError, match=r"batch_size 64 \(the global batch\) does not divide by the 3 replicas"):
+        check_batch_splits(64, 3)
+
+
+def test_a_resumed_run_may_change_its_replica_count_not_its_global_batch(tmp_path):
+    from hms_offline.training.run_folder import check_same_run
+
+    started = parse_train("--cpu-replicas", "2", "--batch-size", "8").resolved()
+    (tmp_path / "config.json").write_text(started.to_json())
+    for flags in (("--cpu-replicas", "1", "--batch-size", "8"), ("--batch-size", "8"),
+                  ("--cpu-replicas", "4", "--batch-size", "8")):
+        check_same_run(parse_train(*flags).resolved(), tmp_path)  # accepted
+    with pytest.raises(ValueError, match=r"other settings \(batch_size: 8 there, 16 now; peak_learning_rate"):
+        check_same_run(parse_train("--cpu-replicas", "2", "--batch-size", "16").resolved(), tmp_path)
