@@ -99,32 +99,48 @@ class WindowTable:
         self.offsets = {name: labels[SOURCES[name].offset_column].to_numpy(dtype=np.float64) for name in self.view.sources}
         self.targets = np.asarray(targets, dtype=np.float32)
 
-    def image(self, position: int) -> np.ndarray:
-        """One labelled window as the model sees it: `[400, 300, 3]` float32."""
+    def sample(self, position: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """One row's recordings (memory-mapped: only its windows are read) and offsets."""
         arrays = {name: np.load(self.folders[name] / f"{self.ids[name][position]}.npy", mmap_mode="r")
                   for name in self.view.sources}
         offsets = {name: float(self.offsets[name][position]) for name in self.view.sources}
-        return np.asarray(self.view.image(arrays, offsets), dtype=np.float32)
+        return arrays, offsets
+
+    def image(self, position: int) -> np.ndarray:
+        """One labelled window as the model sees it: `[400, 300, 3]` float32."""
+        return self.view.image(*self.sample(position))
 
     def example(self, position) -> tuple[np.ndarray, np.ndarray]:
+        """One labelled window and its target."""
         i = int(position)
         return self.image(i), self.targets[i]
+
+    def batch(self, positions) -> tuple[np.ndarray, np.ndarray]:
+        """The windows at `positions` as one batch: `[B, 400, 300, 3]` float32 images, each
+        `image(position)`, and their `[B, 6]` targets."""
+        positions = np.asarray(positions, dtype=np.int64)
+        return self.view.images([self.sample(int(i)) for i in positions]), self.targets[positions]
 
 
 def window_dataset(table: WindowTable, positions: np.ndarray, batch_size: int, drop_remainder: bool, augment=None):
     """`tf.data.Dataset` of (images, targets) batches for `positions`, in that order.
 
-    `augment(images, targets) -> (images, targets)` runs on whole batches (training only).
+    Each batch is one `tf.numpy_function` call of `table.batch`: the per-call overhead is paid
+    once per batch, and the calls for several batches run in parallel, each holding the GIL
+    only between numpy's (and scipy's) loops, which release it. `augment(images, targets) ->
+    (images, targets)` runs on whole batches (training only).
     """
     import tensorflow as tf
 
-    def load(position):
-        image, target = tf.numpy_function(table.example, [position], [tf.float32, tf.float32], stateful=False)
-        return tf.ensure_shape(image, IMAGE_SHAPE), tf.ensure_shape(target, [len(CLASSES)])
+    size = batch_size if drop_remainder else None
+
+    def load(batch_positions):
+        images, targets = tf.numpy_function(table.batch, [batch_positions], [tf.float32, tf.float32], stateful=False)
+        return tf.ensure_shape(images, [size, *IMAGE_SHAPE]), tf.ensure_shape(targets, [size, len(CLASSES)])
 
     dataset = tf.data.Dataset.from_tensor_slices(np.asarray(positions, dtype=np.int64))
-    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if augment is not None:
         dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
