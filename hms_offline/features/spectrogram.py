@@ -66,13 +66,16 @@ def log_standardize(window: np.ndarray) -> np.ndarray:
     A NaN counts as no power, as conversion fills it with 0 (`fmax` drops it for the lower
     bound); +-inf is clipped like any value, so the output is finite for any input. The values
     stay float32, computed in place (no new arrays but the result and one square); the mean and
-    variance are summed in float64, so a near-constant window standardises to its true
-    deviations (0 for a constant one), not to float32 rounding noise divided by a tiny standard
-    deviation."""
+    variance are summed in float64 and the mean subtracted in two float32 parts, so a
+    near-constant window standardises to its true deviations (0 for a constant one), not to
+    float32 rounding noise divided by a tiny standard deviation."""
     logged = np.fmax(window.astype(np.float32, copy=False), CLIP_MIN)
     np.fmin(logged, CLIP_MAX, out=logged)
     np.log(logged, out=logged)
-    centred = np.subtract(logged, np.float32(logged.mean(dtype=np.float64)), out=logged)
+    mean = logged.mean(dtype=np.float64)
+    head = np.float32(mean)
+    centred = np.subtract(logged, head, out=logged)  # exact where a value is near the mean
+    centred -= np.float32(mean - np.float64(head))  # and the mean's float32 rounding, apart
     std = np.sqrt(np.square(centred).mean(dtype=np.float64))
     return np.divide(centred, np.float32(std + STANDARDIZE_EPSILON), out=centred)
 
