@@ -4,7 +4,8 @@ input view.
 Each example is the view's image of the label's recordings (`<spectrogram_id>.npy` at
 `spectrogram_label_offset_seconds`, `<eeg_id>.npy` at `eeg_label_offset_seconds`, as the view
 needs), computed by the same function the kernel applies to a test sample
-(features/views.py), so a model trains on exactly what it will be shown. The converted
+(features/views.py), so a model trains on exactly what it will be shown: a batch is one
+`InputView.images` call, of which the kernel's one image is a batch of one. The converted
 recordings are memory-mapped: only the window is read.
 """
 
