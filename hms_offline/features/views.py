@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hms_offline.constants import IMAGE_HEIGHT, N_FREQUENCIES, SPECTROGRAM_REGIONS
+from hms_offline.constants import IMAGE_HEIGHT, IMAGE_SHAPE, N_FREQUENCIES, SPECTROGRAM_REGIONS
 from hms_offline.features import eeg, spectrogram, stacked
 from hms_offline.features.sources import EEG, SPECTROGRAM
 
@@ -51,12 +51,20 @@ class InputView:
         test recording, its centre)."""
         return self.images([(arrays, offsets)])[0]
 
-    def images(self, samples: Sequence[tuple[Mapping[str, np.ndarray], Mapping[str, float | None] | None]]) -> np.ndarray:
-        """`[B, 400, 300, 3]` float32, the image of each `(arrays, offsets)` sample: one image is
-        a batch of one, so the training loader's batches and the kernel's images are the same
-        numbers. A batch is tiled in one pass."""
-        channels = np.stack([self.transform(arrays, self._offsets(arrays, offsets)) for arrays, offsets in samples])
-        return channels if channels.ndim == 4 else spectrogram.tile_channels(channels)
+    def images(self, samples: Sequence[tuple[Mapping[str, np.ndarray], Mapping[str, float | None] | None]],
+               out: np.ndarray | None = None) -> np.ndarray:
+        """`[B, 400, 300, 3]` float32 (into `out` when given), the image of each `(arrays,
+        offsets)` sample: one image is a batch of one, so the training loader's batches and
+        the kernel's images are the same numbers."""
+        if out is None:
+            out = np.empty((len(samples), *IMAGE_SHAPE), dtype=np.float32)
+        for k, (arrays, offsets) in enumerate(samples):
+            channels = self.transform(arrays, self._offsets(arrays, offsets))
+            if channels.ndim == 2:
+                spectrogram.tile_channels(channels, out=out[k])
+            else:
+                out[k] = channels
+        return out
 
     def _offsets(self, arrays: Mapping, offsets: Mapping | None) -> dict:
         missing = [source for source in self.sources if source not in arrays]
