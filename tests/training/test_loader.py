@@ -46,6 +46,7 @@ def test_batches_are_the_positions_images_and_targets_in_order(recordings, choic
     images = np.concatenate([images for images, _ in kept])
     np.testing.assert_array_equal(images, np.stack([table.image(i) for i in POSITIONS]))
     np.testing.assert_array_equal(np.concatenate([t for _, t in kept]), targets[POSITIONS].astype(np.float32))
+    assert table.batch(POSITIONS)[0].ctypes.data % 64 == 0  # what TensorFlow takes without copying it
     if choice == "eeg":  # the module's own function on the memory-mapped recording
         row = labels.iloc[POSITIONS[0]]
         recording = np.load(folders["eeg"] / f"{row.eeg_id}.npy")
