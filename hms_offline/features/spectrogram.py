@@ -55,20 +55,39 @@ def cut_window(spectrogram: np.ndarray, offset_seconds: float | None = None) -> 
     return window
 
 
+# The clip range as float32: the window is computed in float32, in place.
+CLIP_MIN = np.float32(np.exp(LOG_CLIP_MIN_EXPONENT))
+CLIP_MAX = np.float32(np.exp(LOG_CLIP_MAX_EXPONENT))
+
+
 def log_standardize(window: np.ndarray) -> np.ndarray:
     """Clip, log, and standardise one window by its own mean and standard deviation.
 
-    A NaN counts as no power, as conversion fills it with 0; +-inf is clipped like any
-    value, so the output is finite for any input."""
-    power = np.nan_to_num(window, nan=0.0, posinf=np.inf, neginf=-np.inf)
-    clipped = np.clip(power, np.exp(LOG_CLIP_MIN_EXPONENT), np.exp(LOG_CLIP_MAX_EXPONENT))
-    logged = np.log(clipped).astype(np.float32)
-    return ((logged - logged.mean()) / (logged.std() + STANDARDIZE_EPSILON)).astype(np.float32)
+    A NaN counts as no power, as conversion fills it with 0 (`fmax` drops it for the lower
+    bound); +-inf is clipped like any value, so the output is finite for any input. The values
+    stay float32, computed in place (no new arrays but the result and one square); the mean and
+    variance are summed in float64 and the mean subtracted in two float32 parts, so a
+    near-constant window standardises to its true deviations (0 for a constant one), not to
+    float32 rounding noise divided by a tiny standard deviation."""
+    logged = np.fmax(window.astype(np.float32, copy=False), CLIP_MIN)
+    np.fmin(logged, CLIP_MAX, out=logged)
+    np.log(logged, out=logged)
+    mean = logged.mean(dtype=np.float64)
+    head = np.float32(mean)
+    centred = np.subtract(logged, head, out=logged)  # exact where a value is near the mean
+    centred -= np.float32(mean - np.float64(head))  # and the mean's float32 rounding, apart
+    std = np.sqrt(np.square(centred).mean(dtype=np.float64))
+    return np.divide(centred, np.float32(std + STANDARDIZE_EPSILON), out=centred)
 
 
-def tile_channels(image: np.ndarray) -> np.ndarray:
-    """`[H, W]` -> `[H, W, 3]`, the shape ImageNet-style backbones take."""
-    return np.repeat(image[..., None], IMAGE_CHANNELS, axis=-1)
+def tile_channels(image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """`[..., H, W]` -> `[..., H, W, 3]` (into `out` when given), the shape ImageNet-style
+    backbones take."""
+    if out is None:
+        out = np.empty((*image.shape, IMAGE_CHANNELS), dtype=image.dtype)
+    for channel in range(IMAGE_CHANNELS):  # three strided copies: faster than np.repeat's
+        out[..., channel] = image
+    return out
 
 
 def model_input(spectrogram: np.ndarray, offset_seconds: float | None = None) -> np.ndarray:

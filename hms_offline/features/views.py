@@ -16,12 +16,12 @@ left and right in every view.
 """
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from hms_offline.constants import IMAGE_HEIGHT, N_FREQUENCIES, SPECTROGRAM_REGIONS
+from hms_offline.constants import IMAGE_HEIGHT, IMAGE_SHAPE, N_FREQUENCIES, SPECTROGRAM_REGIONS
 from hms_offline.features import eeg, spectrogram, stacked
 from hms_offline.features.sources import EEG, SPECTROGRAM
 
@@ -36,7 +36,9 @@ SIGNAL_FRACTIONS: dict[str, Callable[[np.ndarray], float]] = {
 @dataclass(frozen=True)
 class InputView:
     """One view: its name and parameters (JSON-native, as a manifest records them), the
-    converted recordings it reads (`sources`), and how it makes their image."""
+    converted recordings it reads (`sources`), and how it makes their image: `transform`
+    gives its channels, `[400, 300]` for a view whose 3 channels are one image tiled (the
+    Kaggle and EEG views), `[400, 300, 3]` otherwise."""
 
     name: str
     params: dict = field(hash=False)
@@ -47,11 +49,29 @@ class InputView:
         """`[400, 300, 3]` float32 of `arrays[source]` (a `[400, T]` spectrogram, a `[T, 20]`
         EEG), each cut at `offsets[source]`, its label offset in seconds (None or absent: a
         test recording, its centre)."""
+        return self.images([(arrays, offsets)])[0]
+
+    def images(self, samples: Sequence[tuple[Mapping[str, np.ndarray], Mapping[str, float | None] | None]],
+               out: np.ndarray | None = None) -> np.ndarray:
+        """`[B, 400, 300, 3]` float32 (into `out` when given), the image of each `(arrays,
+        offsets)` sample: one image is a batch of one, so the training loader's batches and
+        the kernel's images are the same numbers."""
+        if out is None:
+            out = np.empty((len(samples), *IMAGE_SHAPE), dtype=np.float32)
+        for k, (arrays, offsets) in enumerate(samples):
+            channels = self.transform(arrays, self._offsets(arrays, offsets))
+            if channels.ndim == 2:
+                spectrogram.tile_channels(channels, out=out[k])
+            else:
+                out[k] = channels
+        return out
+
+    def _offsets(self, arrays: Mapping, offsets: Mapping | None) -> dict:
         missing = [source for source in self.sources if source not in arrays]
         if missing:
             raise KeyError(f"input view {self.name!r} reads {list(self.sources)}; no array for {missing}")
         offsets = offsets or {}
-        return self.transform(arrays, {source: offsets.get(source) for source in self.sources})
+        return {source: offsets.get(source) for source in self.sources}
 
     def signal_fractions(self, arrays: Mapping[str, np.ndarray]) -> dict[str, float]:
         """{source: share of its test window holding signal} for each source the view reads."""
@@ -59,11 +79,11 @@ class InputView:
 
 
 def _kaggle(arrays, offsets):
-    return spectrogram.model_input(arrays[SPECTROGRAM.name], offsets[SPECTROGRAM.name])
+    return spectrogram.log_standardize(spectrogram.cut_window(arrays[SPECTROGRAM.name], offsets[SPECTROGRAM.name]))
 
 
 def _eeg(arrays, offsets):
-    return eeg.model_input(arrays[EEG.name], offsets[EEG.name])
+    return eeg.image(arrays[EEG.name], offsets[EEG.name])
 
 
 def _stacked(arrays, offsets):

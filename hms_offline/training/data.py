@@ -4,7 +4,8 @@ input view.
 Each example is the view's image of the label's recordings (`<spectrogram_id>.npy` at
 `spectrogram_label_offset_seconds`, `<eeg_id>.npy` at `eeg_label_offset_seconds`, as the view
 needs), computed by the same function the kernel applies to a test sample
-(features/views.py), so a model trains on exactly what it will be shown. The converted
+(features/views.py), so a model trains on exactly what it will be shown: a batch is one
+`InputView.images` call, of which the kernel's one image is a batch of one. The converted
 recordings are memory-mapped: only the window is read.
 """
 
@@ -99,32 +100,64 @@ class WindowTable:
         self.offsets = {name: labels[SOURCES[name].offset_column].to_numpy(dtype=np.float64) for name in self.view.sources}
         self.targets = np.asarray(targets, dtype=np.float32)
 
-    def image(self, position: int) -> np.ndarray:
-        """One labelled window as the model sees it: `[400, 300, 3]` float32."""
+    def sample(self, position: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """One row's recordings (memory-mapped: only its windows are read) and offsets."""
         arrays = {name: np.load(self.folders[name] / f"{self.ids[name][position]}.npy", mmap_mode="r")
                   for name in self.view.sources}
         offsets = {name: float(self.offsets[name][position]) for name in self.view.sources}
-        return np.asarray(self.view.image(arrays, offsets), dtype=np.float32)
+        return arrays, offsets
+
+    def image(self, position: int) -> np.ndarray:
+        """One labelled window as the model sees it: `[400, 300, 3]` float32."""
+        return self.view.image(*self.sample(position))
 
     def example(self, position) -> tuple[np.ndarray, np.ndarray]:
+        """One labelled window and its target."""
         i = int(position)
         return self.image(i), self.targets[i]
+
+    def batch(self, positions) -> tuple[np.ndarray, np.ndarray]:
+        """The windows at `positions` as one batch: `[B, 400, 300, 3]` float32 images, each
+        `image(position)`, and their `[B, 6]` targets."""
+        positions = np.asarray(positions, dtype=np.int64)
+        images = aligned_empty((len(positions), *IMAGE_SHAPE))
+        return self.view.images([self.sample(int(i)) for i in positions], out=images), self.targets[positions]
+
+
+# TensorFlow takes a numpy array returned by `tf.numpy_function` as its tensor's memory only
+# when the data starts on a 64-byte boundary (EIGEN_MAX_ALIGN_BYTES); otherwise it copies it.
+# numpy's large arrays start 16 bytes into their pages: copying a batch of images cost about
+# as much again as computing it.
+TENSOR_ALIGNMENT = 64
+
+
+def aligned_empty(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+    """An uninitialised array whose data starts on a TENSOR_ALIGNMENT boundary."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(size + TENSOR_ALIGNMENT, dtype=np.uint8)
+    start = -raw.ctypes.data % TENSOR_ALIGNMENT
+    return raw[start : start + size].view(dtype).reshape(shape)
 
 
 def window_dataset(table: WindowTable, positions: np.ndarray, batch_size: int, drop_remainder: bool, augment=None):
     """`tf.data.Dataset` of (images, targets) batches for `positions`, in that order.
 
-    `augment(images, targets) -> (images, targets)` runs on whole batches (training only).
+    Each batch is one `tf.numpy_function` call of `table.batch`: the per-call overhead is paid
+    once per batch, and the calls for several batches run in parallel, each holding the GIL
+    only between numpy's (and scipy's) loops, which release it. `augment(images, targets) ->
+    (images, targets)` runs on whole batches (training only).
     """
     import tensorflow as tf
 
-    def load(position):
-        image, target = tf.numpy_function(table.example, [position], [tf.float32, tf.float32], stateful=False)
-        return tf.ensure_shape(image, IMAGE_SHAPE), tf.ensure_shape(target, [len(CLASSES)])
+    size = batch_size if drop_remainder else None
+
+    def load(batch_positions):
+        images, targets = tf.numpy_function(table.batch, [batch_positions], [tf.float32, tf.float32], stateful=False)
+        return tf.ensure_shape(images, [size, *IMAGE_SHAPE]), tf.ensure_shape(targets, [size, len(CLASSES)])
 
     dataset = tf.data.Dataset.from_tensor_slices(np.asarray(positions, dtype=np.int64))
-    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if augment is not None:
         dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)

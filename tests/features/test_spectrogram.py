@@ -7,7 +7,15 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from hms_offline.constants import IMAGE_SHAPE
-from hms_offline.features.spectrogram import cut_window, model_input, signal_fraction, window_start
+from hms_offline.features.spectrogram import (
+    CLIP_MAX,
+    CLIP_MIN,
+    cut_window,
+    log_standardize,
+    model_input,
+    signal_fraction,
+    window_start,
+)
 
 
 def columns_spectrogram(values) -> np.ndarray:
@@ -106,3 +114,56 @@ def test_signal_fraction_counts_the_cells_of_the_window_that_hold_power():
     long = np.zeros((400, 900), dtype=np.float32)
     long[:, 300:450] = 1.0  # the centred window [300, 600) holds half of it
     assert signal_fraction(long) == 0.5
+
+
+@st.composite
+def awkward_windows(draw) -> np.ndarray:
+    """`[400, 300]` float32 windows that break naive statistics: constant, near-constant (a few
+    cells one float32 step or a hair off a constant), zero-padded short recordings, NaN and
+    +-inf cells, huge and tiny values, and plain noise."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    level = np.float32(draw(st.sampled_from([0.0, 1e-3, np.exp(-4.0), 0.5, 1.0, 3.7, 1234.5, np.exp(8.0), 1e30])))
+    kind = draw(st.sampled_from(["constant", "one step", "hair", "padded", "holes", "noise"]))
+    window = np.full((400, 300), level, dtype=np.float32)
+    cells = rng.integers(0, window.size, size=draw(st.integers(1, 50)))
+    if kind == "one step":
+        window.flat[cells] = np.nextafter(level, np.float32(np.inf))
+    elif kind == "hair":
+        window.flat[cells] *= np.float32(1 + rng.uniform(-1e-6, 1e-6))
+    elif kind == "padded":  # a recording of `columns` columns, cut from an offset
+        columns = draw(st.integers(0, 299))
+        short = rng.gamma(0.5, 20, size=(400, columns)).astype(np.float32)
+        window = cut_window(short, 0.0)
+    elif kind == "holes":
+        window.flat[cells] = rng.choice(np.array([np.nan, np.inf, -np.inf, 0.0], dtype=np.float32), size=len(cells))
+    elif kind == "noise":
+        window = (level + rng.gamma(0.5, 20, size=(400, 300))).astype(np.float32)
+    return window
+
+
+@settings(max_examples=120, deadline=None)
+@given(window=awkward_windows())
+def test_the_statistics_are_float64_exact_for_any_window(window):
+    """The mean and standard deviation of the clipped logs are float64's: a near-constant
+    window standardises to its true deviations (a constant one to 0), where float32 sums
+    would leave rounding noise divided by a tiny standard deviation (errors of order 1)."""
+    out = log_standardize(window)
+    logged = np.log(np.fmin(np.fmax(window, CLIP_MIN), CLIP_MAX)).astype(np.float64)  # the float32 logs, widened
+    expected = (logged - logged.mean()) / (logged.std() + 1e-6)
+    assert out.dtype == np.float32 and out.shape == (400, 300)
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["noise", "padded", "holes"])
+def test_log_standardize_is_the_float64_math_of_the_starter(kind):
+    """For windows that vary (the clipped logs' standard deviation well above float32's step),
+    within 1e-5 of the transform computed in float64 throughout, log included."""
+    rng = np.random.default_rng(7)
+    window = rng.gamma(0.5, 20, size=(400, 300)).astype(np.float32)
+    if kind == "padded":
+        window[:, 120:] = 0.0
+    if kind == "holes":
+        window.flat[rng.integers(0, window.size, 500)] = rng.choice(np.array([np.nan, np.inf, -np.inf], np.float32), 500)
+    power = np.nan_to_num(window.astype(np.float64), nan=0.0, posinf=np.inf, neginf=-np.inf)
+    logged = np.log(np.clip(power, math.exp(-4.0), math.exp(8.0)))
+    np.testing.assert_allclose(log_standardize(window), (logged - logged.mean()) / (logged.std() + 1e-6), rtol=0, atol=1e-5)

@@ -151,3 +151,39 @@ def test_mirroring_the_eeg_image_is_the_image_of_the_eeg_with_left_and_right_swa
     np.testing.assert_allclose(mirror_left_right(image), eeg.model_input(swapped, 5.0), rtol=0, atol=1e-5)
     np.testing.assert_array_equal(mirror_left_right(eeg.chain_power(eeg.eeg_window(recording, 5.0))),
                                   eeg.chain_power(eeg.eeg_window(swapped, 5.0)))
+
+
+def awkward_samples() -> list[tuple[dict, dict]]:
+    """(arrays, offsets) samples a batch mixes: ordinary recordings, NaN and +-inf, constant and
+    near-constant ones, recordings shorter than their window (zero-padded), an offset past the
+    end, and a test sample (no offsets)."""
+    ordinary = recordings()
+    holes = recordings(1)
+    holes["spectrogram"][:, ::7] = np.nan
+    holes["spectrogram"][5, :40] = np.inf
+    holes["eeg"][::3, 4] = np.nan
+    holes["eeg"][100:200, :] = np.inf
+    near_constant = {"spectrogram": np.full((400, 300), 3.7, dtype=np.float32),
+                     "eeg": np.full((10_000, 20), 12.5, dtype=np.float32)}
+    near_constant["spectrogram"][17, 3] = np.nextafter(np.float32(3.7), np.float32(4))
+    near_constant["eeg"][5000, 0] = 12.500001
+    short = {"spectrogram": recordings(2)["spectrogram"][:, :37], "eeg": recordings(2)["eeg"][:3_000]}
+    constant = {"spectrogram": np.zeros((400, 0), dtype=np.float32), "eeg": np.zeros((10_000, 20), dtype=np.float32)}
+    return [(ordinary, {"spectrogram": 20.0, "eeg": 4.0}), (holes, {"spectrogram": 0.0, "eeg": 0.0}),
+            (near_constant, None), (short, {"spectrogram": 10.0, "eeg": 2.0}), (constant, None),
+            (ordinary, {"spectrogram": 5000.0, "eeg": 59.0})]
+
+
+@pytest.mark.parametrize("name", list(VIEWS))
+def test_a_batch_of_images_is_each_sample_alone(name):
+    """What the training loader computes for a batch (`images`) is, bit for bit, what the
+    kernel computes for each of its samples (`image`), whatever the batch mixes."""
+    view = get_view(name)
+    samples = awkward_samples()
+    batch = view.images(samples)
+    assert batch.shape == (len(samples), *IMAGE_SHAPE) and batch.dtype == np.float32 and np.isfinite(batch).all()
+    for k, (arrays, offsets) in enumerate(samples):
+        np.testing.assert_array_equal(batch[k], view.image(arrays, offsets))
+    np.testing.assert_array_equal(view.images(samples[::-1]), batch[::-1])
+    if name != "kaggle_eeg_stacked":
+        np.testing.assert_array_equal(batch[..., 0], batch[..., 2])  # one image, tiled
