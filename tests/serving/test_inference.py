@@ -503,3 +503,102 @@ def test_predict_command_reports_a_bad_bundle_clearly(synthetic_competition, tmp
     assert result.returncode == 2
     assert "lists no models" in result.stderr
     assert not (tmp_path / "submission.csv").exists()
+
+
+class ProjectionModel:
+    """A model whose answer depends on every pixel: softmax of a fixed random projection of the image."""
+
+    def __init__(self, seed):
+        from hms_offline.constants import IMAGE_CHANNELS, IMAGE_HEIGHT, WINDOW_COLUMNS
+
+        size = IMAGE_HEIGHT * WINDOW_COLUMNS * IMAGE_CHANNELS
+        self.projection = np.random.default_rng(seed).normal(0, 1 / np.sqrt(size), (size, len(VOTE_COLUMNS)))
+
+    def predict_on_batch(self, images):
+        logits = np.asarray(images, dtype=np.float64).reshape(len(images), -1) @ self.projection
+        odds = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return odds / odds.sum(axis=1, keepdims=True)
+
+
+def test_the_streamed_kernel_shows_each_model_exactly_the_images_of_the_features_functions(synthetic_competition,
+                                                                                           tmp_path):
+    """The three views in one ensemble, a model each: the submission equals the ensemble computed
+    by hand from images made by the features functions on each row's parquet files (1e-6)."""
+    from hms_offline.convert import read_eeg
+    from hms_offline.features.views import VIEWS
+
+    folder = tmp_path / "bundle"
+    folder.mkdir()
+    entries = []
+    for seed, view in enumerate(VIEWS):
+        (folder / f"{view}.weights.h5").write_bytes(view.encode())
+        entries.append(make_entry(folder / f"{view}.weights.h5", folder, arch="mobilenetv3_large", fold=0, name=view,
+                                  class_prior=PRIOR, ensemble_weight=1.0 + seed, input_view=view_record(view)))
+    write_manifest(Manifest(models=entries), folder / "weights_manifest.json")
+    models = {view: ProjectionModel(seed) for seed, view in enumerate(VIEWS)}
+    report = predict_competition(synthetic_competition, folder, tmp_path / "submission.csv", batch_size=5,
+                                 workers=2, strict=True, load=lambda entry, root: models[entry.name])
+    test = pd.read_csv(synthetic_competition / "test.csv")
+    weights = np.array([1.0, 2.0, 3.0]) / 6.0
+    rows = []
+    for spectrogram_id, eeg_id in zip(test["spectrogram_id"], test[ID_COLUMN]):
+        arrays = {"spectrogram": read_spectrogram(synthetic_competition / "test_spectrograms" / f"{spectrogram_id}.parquet"),
+                  "eeg": read_eeg(synthetic_competition / "test_eegs" / f"{eeg_id}.parquet")}
+        rows.append(sum(w * models[name].predict_on_batch(view.image(arrays)[None])[0]
+                        for w, (name, view) in zip(weights, VIEWS.items())))
+    expected = pd.DataFrame(rows, columns=list(VOTE_COLUMNS)).assign(**{ID_COLUMN: test[ID_COLUMN]})
+    expected = expected.groupby(ID_COLUMN)[list(VOTE_COLUMNS)].mean()
+    submission = pd.read_csv(tmp_path / "submission.csv").set_index(ID_COLUMN)
+    assert np.ptp(expected.to_numpy(), axis=0).max() > 1e-3  # the models answer each image differently
+    np.testing.assert_allclose(submission.loc[expected.index].to_numpy(), expected.to_numpy(), rtol=0, atol=1e-6)
+    assert report.views == list(VIEWS) and report.stream_seconds["workers"] == 2
+
+
+DEADLY_ID = "666"
+
+
+def read_or_die(path, name):
+    """The kernel's reader, except that the process dies on DEADLY_ID's file, as if a corrupt
+    file crashed pyarrow (or the OOM killer took the worker)."""
+    import os
+    from pathlib import Path
+
+    from hms_offline.serving.samples import read_recording
+
+    if Path(path).stem == DEADLY_ID:
+        os._exit(1)
+    return read_recording(path, name)
+
+
+@pytest.mark.slow  # kills worker processes
+def test_a_file_that_kills_its_reading_worker_costs_only_its_samples(synthetic_competition, tmp_path):
+    """Among 12 samples in batches of 3 over 2 workers: the spectrogram whose read kills the worker
+    gets the fallback (stage convert, the worker's death and the file named); every other
+    sample, those of its batch and of the other batches in flight included, is predicted as
+    by hand, and this process survives."""
+    from hms_offline.convert import WORKER_DIED
+    from hms_offline.serving.samples import sources_of
+    from hms_offline.serving.stream import StreamStats, read_ahead
+
+    data = shutil.copytree(synthetic_competition, tmp_path / "competition")
+    test = pd.read_csv(data / "test.csv")
+    spectrograms = data / "test_spectrograms"
+    sid = test["spectrogram_id"].tolist()
+    (spectrograms / f"{sid[4]}.parquet").rename(spectrograms / f"{DEADLY_ID}.parquet")
+    test.loc[4, "spectrogram_id"] = int(DEADLY_ID)
+    samples = test[["spectrogram_id", ID_COLUMN]]
+    ensemble = Ensemble([member("a", 1.0, ProjectionModel(0))])
+    files, known = find_test_files(data, samples, sources_of(ensemble.views))
+    stats = StreamStats(workers=2)
+    work = batches(samples, ensemble.views, files, known, batch_size=3)
+    probabilities, failed, partial = predict_samples(ensemble, read_ahead(work, 2, stats, read=read_or_die), samples)
+    ((position, row),) = failed.items()
+    assert position == 4 and row.stage == "convert" and partial == []
+    assert row.reason == f"{spectrograms / f'{DEADLY_ID}.parquet'}: {WORKER_DIED}"
+    assert stats.restarts == 1
+    by_hand = prepare(batches(samples, ensemble.views, files, known, batch_size=len(samples))[0])
+    indexes, images = by_hand.images["starter_log_standardize"]
+    positions = np.array([by_hand.positions[i] for i in indexes])  # read here by the plain reader: 4 too
+    assert sorted(positions) == list(range(len(samples)))
+    np.testing.assert_allclose(probabilities[positions[positions != 4]], ProjectionModel(0).predict_on_batch(images)[positions != 4],
+                               rtol=0, atol=1e-12)
