@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 
 from hms_offline.constants import ID_COLUMN
-from hms_offline.convert import PARQUET_SUFFIXES, ParquetFormatError, parquet_entries, read_eeg, read_spectrogram
-from hms_offline.convert import resolve_parquet
+from hms_offline.convert import (
+    PARQUET_SUFFIXES, ParquetFormatError, parquet_entries, read_eeg, read_spectrogram, resolve_parquet,
+)
 from hms_offline.features.sources import EEG, SOURCES, SPECTROGRAM
 from hms_offline.features.views import SIGNAL_FRACTIONS, get_view
 

@@ -21,12 +21,12 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Iterator
 
-from hms_offline.convert import WORKER_DIED
 from hms_offline.serving.samples import Batch, Prepared, SourceProblem, prepare, read_recording, recording_problem
 
 log = logging.getLogger(__name__)
 
 IN_FLIGHT_PER_WORKER = 2  # one batch being made, one waiting: the engine never starves for long
+WORKER_DIED = "the reading worker died (killed or crashed)"
 
 
 @dataclass
@@ -130,21 +130,25 @@ def isolated(batch: Batch, read=read_recording) -> Prepared:
         for key in batch.recordings():
             path = batch.files[key]
             problem, failure = worker.call(recording_problem, path, key[0], read)
-            if failure is not None:
-                log.error("%s %s: %s: %s", key[0], key[1], path, failure)
-                problem = SourceProblem("convert", f"{path}: {failure}")
+            if failure is not None:  # logged with the batch's other problems
+                problem = SourceProblem("convert", f"{path}: {_reason(failure, 'reading it')}")
             if problem is not None:
                 known[key] = problem
         parts = []
         for index in range(len(batch.positions)):
             alone = batch.subset(index, {k: p for k, p in known.items() if k in batch.keys[index].values()})
             prepared, failure = worker.call(prepare, alone, read)
-            parts.append(prepared or _unshown(alone, f"preparing its images failed: {failure}"))
+            parts.append(prepared or _unshown(alone, _reason(failure, "making its images")))
         merged = Prepared.merge(parts)
         merged.problems.update({key: problem for key, problem in known.items() if key not in batch.known})
         return merged
     finally:
         worker.close()
+
+
+def _reason(failure: str, doing: str) -> str:
+    """What a failed isolated call says: the worker's death while `doing`, or the call's error."""
+    return f"{WORKER_DIED} while {doing}" if failure == WORKER_DIED else f"{doing} failed: {failure}"
 
 
 def _unshown(batch: Batch, reason: str) -> Prepared:

@@ -153,14 +153,15 @@ def test_a_sample_without_one_view_is_predicted_by_the_others(tmp_path):
     assert [(row.eeg_id, row.stage) for row in failed.values()] == [(13, "convert")]
 
 
-def expected_submission(competition, bundle) -> np.ndarray:
-    """The fold ensemble computed the long way: model by model, row by row, each model on its
-    own input view of the row's recordings."""
+def expected_submission(competition, bundle, engine="keras") -> np.ndarray:
+    """The fold ensemble computed the long way: model by model, row by row, each model (run by
+    `engine`) on its own input view of the row's recordings, made by the features functions."""
     from hms_offline.convert import read_eeg
     from hms_offline.features.views import get_view
 
     manifest, root = load_manifest(bundle)
-    models = [KerasEngine(entry, root) for entry in manifest.models]
+    models = [KerasEngine(entry, root) if engine == "keras" else EngineLoader(engine)(entry, root)
+              for entry in manifest.models]
     views = [get_view(entry.input["name"]) for entry in manifest.models]
     weights = np.array([m.ensemble_weight for m in manifest.models]) / sum(m.ensemble_weight for m in manifest.models)
     test = pd.read_csv(competition / "test.csv")
@@ -181,13 +182,28 @@ def exported_expected(synthetic_competition, exported_bundle) -> np.ndarray:
     return expected_submission(synthetic_competition, exported_bundle)
 
 
+@pytest.fixture(scope="module")
+def by_hand_per_engine(synthetic_competition, exported_bundle, exported_expected) -> dict:
+    """{engine: the ensemble by hand with that engine}, each computed once for the module."""
+    cache = {"keras": exported_expected}
+
+    def expected(engine):
+        if engine not in cache:
+            cache[engine] = expected_submission(synthetic_competition, exported_bundle, engine)
+        return cache[engine]
+
+    return expected
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("engine, ran, tolerance", [
     ("keras", "keras", 1e-5), ("saved_model", "saved_model", 1e-5), ("tflite", "tflite", 1e-4), ("auto", "tflite", 1e-4),
 ])
 def test_every_engine_predicts_the_ensemble_computed_by_hand(synthetic_competition, exported_bundle, tmp_path,
-                                                             exported_expected, engine, ran, tolerance):
-    """The bundle's exports (made under this TensorFlow) against the Keras models, by hand."""
+                                                             exported_expected, by_hand_per_engine, engine, ran,
+                                                             tolerance):
+    """The bundle's exports (made under this TensorFlow) against the Keras models, by hand; and
+    the streamed kernel against the same engine by hand, on the features functions' images (1e-6)."""
     output = tmp_path / "submission.csv"
     report = predict_competition(synthetic_competition, exported_bundle, output, batch_size=5, strict=True,
                                  engine=engine)
@@ -200,6 +216,7 @@ def test_every_engine_predicts_the_ensemble_computed_by_hand(synthetic_competiti
     expected = exported_expected
     assert np.ptp(expected, axis=0).max() > 1e-2  # the fixture's models answer each image differently
     np.testing.assert_allclose(values, expected, atol=tolerance)
+    np.testing.assert_allclose(values, by_hand_per_engine(ran), rtol=0, atol=1e-6)
     assert report.rows == len(sample) and report.fallback_rows == []
     assert [model["engine"] for model in report.models] == [ran] * 3
     assert report.views == ["starter_log_standardize", "eeg_bipolar_stft"] and report.eegs == len(sample)
@@ -576,9 +593,8 @@ def test_a_file_that_kills_its_reading_worker_costs_only_its_samples(synthetic_c
     gets the fallback (stage convert, the worker's death and the file named); every other
     sample, those of its batch and of the other batches in flight included, is predicted as
     by hand, and this process survives."""
-    from hms_offline.convert import WORKER_DIED
     from hms_offline.serving.samples import sources_of
-    from hms_offline.serving.stream import StreamStats, read_ahead
+    from hms_offline.serving.stream import WORKER_DIED, StreamStats, read_ahead
 
     data = shutil.copytree(synthetic_competition, tmp_path / "competition")
     test = pd.read_csv(data / "test.csv")
@@ -594,7 +610,7 @@ def test_a_file_that_kills_its_reading_worker_costs_only_its_samples(synthetic_c
     probabilities, failed, partial = predict_samples(ensemble, read_ahead(work, 2, stats, read=read_or_die), samples)
     ((position, row),) = failed.items()
     assert position == 4 and row.stage == "convert" and partial == []
-    assert row.reason == f"{spectrograms / f'{DEADLY_ID}.parquet'}: {WORKER_DIED}"
+    assert row.reason == f"{spectrograms / f'{DEADLY_ID}.parquet'}: {WORKER_DIED} while reading it"
     assert stats.restarts == 1
     by_hand = prepare(batches(samples, ensemble.views, files, known, batch_size=len(samples))[0])
     indexes, images = by_hand.images["starter_log_standardize"]
