@@ -83,7 +83,6 @@ def read_ahead(batches: list[Batch], workers: int, stats: StreamStats, read=read
                     continue
                 if isinstance(error, BrokenProcessPool) and not broken:
                     broken = True
-                    stats.restarts += 1
                     log.warning("a reading worker died; redoing its unfinished batches one file at a time")
                 elif not isinstance(error, BrokenProcessPool):
                     log.error("preparing a batch of %d samples failed (%s: %s): redoing it one file at a time",
@@ -95,6 +94,11 @@ def read_ahead(batches: list[Batch], workers: int, stats: StreamStats, read=read
                 yield prepared
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+        stats.restarts += broken
+
+
+class WorkerStartError(RuntimeError):
+    """No worker process can run at all: nothing could be read."""
 
 
 class _OneWorker:
@@ -106,7 +110,7 @@ class _OneWorker:
 
     def call(self, function, *args):
         """(result, None), or (None, the reason it failed: its error, or WORKER_DIED)."""
-        self.pool = self.pool or spawn_pool(1)
+        self.pool = self.pool or self._started()
         try:
             return self.pool.submit(function, *args).result(), None
         except BrokenProcessPool:
@@ -115,6 +119,19 @@ class _OneWorker:
             return None, WORKER_DIED
         except Exception as error:  # the call's own failure: reported as its reason
             return None, f"{type(error).__name__}: {error}"
+
+    @staticmethod
+    def _started() -> ProcessPoolExecutor:
+        """A fresh one-worker pool that has run a no-op: one that cannot start at all would
+        otherwise pin its death on every file in turn, one process start each."""
+        pool = spawn_pool(1)
+        try:
+            pool.submit(int).result()
+        except BrokenProcessPool:
+            pool.shutdown()
+            raise WorkerStartError("a reading worker process cannot start (it dies before reading any file): "
+                                   "see its error above") from None
+        return pool
 
     def close(self):
         if self.pool is not None:
