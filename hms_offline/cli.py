@@ -38,8 +38,8 @@ def _predict(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         bundle_dir=args.bundle_dir,
         output=args.output,
-        work_dir=args.work_dir,
         batch_size=args.batch_size,
+        workers=args.workers,
         strict=args.strict,
         engine=args.engine,
     )
@@ -156,8 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--bundle-dir", type=Path, required=True,
                          help="folder holding weights_manifest.json")
     predict.add_argument("--output", type=Path, default=Path("submission.csv"))
-    predict.add_argument("--work-dir", type=Path, default=None,
-                         help="scratch folder for converted spectrograms (default: a temp dir)")
+    predict.add_argument("--workers", type=positive_int, default=None,
+                         help="processes reading and preprocessing the test files ahead of the models "
+                              "(default: one per core)")
     from hms_offline.models.engines import AUTO, ENGINE_NAMES
     from hms_offline.serving.inference import DEFAULT_BATCH_SIZE
 

@@ -130,10 +130,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, help="competition folder (found under /kaggle/input on Kaggle)")
     parser.add_argument("--bundle-dir", type=Path, help="folder with weights_manifest.json (found under /kaggle/input on Kaggle)")
     parser.add_argument("--output", type=Path, default=KAGGLE_WORKING / "submission.csv" if on_kaggle else None)
-    parser.add_argument("--work-dir", type=Path,
-                        help="scratch folder for converted test spectrograms (default: a temp dir, removed at the "
-                             "end, so on Kaggle they do not land among the notebook's outputs in /kaggle/working)")
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--workers", type=positive_int, default=None,
+                        help="processes that read and preprocess the test parquet files in memory, a few batches "
+                             "ahead of the models (default: one per core); a file that crashes the reader costs "
+                             "only its samples, never the kernel. Nothing is written to disk but the outputs")
     parser.add_argument("--engine", choices=ENGINES, default="auto",
                         help="what runs the models (default auto: per model tflite, then saved_model, then keras; "
                              "saved_model first where a GPU is visible). Only keras installs anything")
@@ -306,8 +307,8 @@ def main(argv=None) -> int:
             data_dir=args.data_dir,
             bundle_dir=args.bundle_dir,
             output=args.output,
-            work_dir=args.work_dir,
             batch_size=args.batch_size,
+            workers=args.workers,
             strict=args.strict,
             engine=args.engine,
             prepare_keras=lambda: installed.extend(install_keras_stack(args.bundle_dir)),

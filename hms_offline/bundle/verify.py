@@ -130,8 +130,7 @@ def run_kernel(python: Path, work: Path, bundle: Path, data: Path, block: Networ
     out.mkdir()
     started = time.monotonic()
     result = block.run([str(python), str(work / KERNEL_SCRIPT), "--data-dir", str(data), "--bundle-dir", str(bundle),
-                        "--output", str(out / "submission.csv"), "--work-dir", str(out / "kernel-work"),
-                        "--engine", engine, "--strict"], cwd=out)
+                        "--output", str(out / "submission.csv"), "--engine", engine, "--strict"], cwd=out)
     seconds = time.monotonic() - started
     (out / "kernel.log").write_text(result.stdout, encoding="utf-8")
     if result.returncode != 0:
@@ -176,8 +175,8 @@ def training_stack_reference(bundle: Path, data: Path, work: Path, block: Networ
     out.mkdir()
     started = time.monotonic()
     result = block.run([sys.executable, "-m", PACKAGE, "predict", "--engine", "keras", "--data-dir", str(data),
-                        "--bundle-dir", str(bundle), "--output", str(out / "submission.csv"), "--work-dir",
-                        str(out / "work"), "--strict"], cwd=REPO_ROOT)
+                        "--bundle-dir", str(bundle), "--output", str(out / "submission.csv"), "--strict"],
+                       cwd=REPO_ROOT)
     (out / "predict.log").write_text(result.stdout, encoding="utf-8")
     if result.returncode != 0:
         raise BundleError(f"the training stack's Keras prediction ({sys.executable} -m {PACKAGE} predict --engine keras; "

@@ -1,16 +1,16 @@
 """Fold-ensemble inference: competition test files -> submission.csv + inference_report.json.
 
-Converts the test recordings the ensemble's input views need (serving/samples.py), then
-streams the distinct test samples in batches: each sample is shown in every view of the
-ensemble once, every model runs on its view's images of the batch, and their probabilities
-are combined by `ensemble_weight` (serving/ensemble.py). Logs the time of every stage and
-every model.
+Streams the distinct test samples in batches: worker processes read the parquet files the
+ensemble's input views need straight into memory and show each sample in every view once
+(serving/samples.py), a few batches ahead of the models (serving/stream.py); in this process
+every model runs on its view's images of the batch, and their probabilities are combined by
+`ensemble_weight` (serving/ensemble.py). Logs the time of every stage and every model.
 
 On a hidden test set nobody can inspect, one bad input or one bad model must not cost the
 whole submission:
 - a model that cannot be loaded, or that raises or gives non-probabilities on a batch
   (after one retry image by image), is dropped; the weights are renormalised over the rest;
-- a recording that cannot be converted or read, or holds no usable signal, takes away the
+- a recording that cannot be read (or kills the worker reading it), or holds no usable signal, takes away the
   views that need it for that sample: the models of the other views predict it (a partial
   row, reported), and only a sample with no view left gets the fallback prediction: the
   ensemble's training class prior (uniform for manifests that do not record it);
@@ -19,11 +19,13 @@ The run fails only when no model can predict or test.csv holds no row; with `str
 fallback, partial row, dropped model or set-aside row is an error (after the report is written).
 """
 
+import contextlib
 import logging
-import tempfile
+import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from tqdm.auto import tqdm
 
 from hms_offline.constants import CLASSES, ID_COLUMN
@@ -33,7 +35,8 @@ from hms_offline.serving.ensemble import Ensemble, NoModelError, load_members
 from hms_offline.serving.inference_report import (
     REPORT_NAME, DroppedModel, FallbackRow, InferenceReport, runtime_versions, tensorflow_warnings, timed,
 )
-from hms_offline.serving.samples import SampleReader, convert_test_recordings, distinct_samples, sources_of
+from hms_offline.serving.samples import batches, distinct_samples, find_test_files, sources_of
+from hms_offline.serving.stream import StreamStats, read_ahead
 from hms_offline.serving.submission import (
     build_submission,
     read_sample_submission,
@@ -48,48 +51,51 @@ log = logging.getLogger(__name__)
 # Images per model call: within 5 % of the best on CPU from 4 to 16 (README, benchmarks/).
 DEFAULT_BATCH_SIZE = 16
 
-__all__ = ["DEFAULT_BATCH_SIZE", "NoModelError", "StrictModeError", "predict_competition", "predict_sample",
-           "predict_samples"]
+__all__ = ["DEFAULT_BATCH_SIZE", "NoModelError", "StrictModeError", "default_workers", "predict_competition",
+           "predict_sample", "predict_samples"]
+
+
+def default_workers() -> int:
+    """Reading worker processes by default: one per core (the engine's threads share them)."""
+    return os.cpu_count() or 1
 
 
 class StrictModeError(ValueError):
     """A `strict` run that departed from a clean one."""
 
 
-def predict_samples(ensemble: Ensemble, reader: SampleReader, samples, batch_size: int):
-    """Probabilities for each sample (row of `samples`), one batch in memory at a time.
+def predict_samples(ensemble: Ensemble, prepared_batches, samples: pd.DataFrame, n_batches: int | None = None):
+    """Probabilities for each sample (row of `samples`) from its batches as the workers
+    prepared them (serving/stream.py), one batch predicted at a time.
 
     Returns the `[n, 6]` probabilities (NaN for a sample no model could be shown), {position:
-    FallbackRow} for those, and a FallbackRow per sample predicted without some view."""
+    FallbackRow} for those, and a FallbackRow per sample predicted without some view, both
+    in sample order."""
     out = np.full((len(samples), len(CLASSES)), np.nan)
-    failed, partial = {}, []
-    for start in tqdm(range(0, len(samples), batch_size), desc="predict", unit="batch", disable=None):
-        stop = min(start + batch_size, len(samples))
-        batch, missing = {}, {}
-        for position in range(start, stop):
-            images, missing[position] = reader.images(samples.iloc[position])
-            for view, image in images.items():
-                positions, stack = batch.setdefault(view, ([], []))
-                positions.append(position - start)
-                stack.append(image)
-        predicted = ensemble.predict({view: (np.array(p), np.stack(i)) for view, (p, i) in batch.items()}, stop - start)
-        out[start:stop] = predicted
-        for position in range(start, stop):
-            if not missing[position]:
-                continue
-            view, problem = next(iter(missing[position].items()))
-            sample = samples.iloc[position]
-            row = FallbackRow(sample[ID_COLUMN], sample["spectrogram_id"], problem.stage,
-                              f"input view {view}: {problem.reason}" if len(reader.views) > 1 else problem.reason)
-            if np.isnan(predicted[position - start]).any():
-                log.error("test sample eeg_id %s, spectrogram %s: %s: predicting the fallback",
-                          row.eeg_id, row.spectrogram_id, row.reason)
-                failed[position] = row
-            else:
-                log.error("test sample eeg_id %s, spectrogram %s: %s: predicted without it by the other views",
-                          row.eeg_id, row.spectrogram_id, row.reason)
-                partial.append(row)
-    return out, failed, partial
+    failed, partial = {}, {}
+    several_views = len(ensemble.views) > 1
+    with contextlib.closing(iter(prepared_batches)) as stream:
+        for prepared in tqdm(stream, total=n_batches, desc="predict", unit="batch", disable=None):
+            for (source, recording_id), problem in prepared.problems.items():
+                log.error("test %s %s: %s: %s", source, recording_id, problem.stage, problem.reason)
+            positions = np.array(prepared.positions)
+            predicted = ensemble.predict(prepared.images, len(positions))
+            out[positions] = predicted
+            for index, missing in sorted(prepared.missing.items()):
+                view, problem = next(iter(missing.items()))
+                position = prepared.positions[index]
+                sample = samples.iloc[position]
+                row = FallbackRow(sample[ID_COLUMN], sample["spectrogram_id"], problem.stage,
+                                  f"input view {view}: {problem.reason}" if several_views else problem.reason)
+                if np.isnan(predicted[index]).any():
+                    log.error("test sample eeg_id %s, spectrogram %s: %s: predicting the fallback",
+                              row.eeg_id, row.spectrogram_id, row.reason)
+                    failed[position] = row
+                else:
+                    log.error("test sample eeg_id %s, spectrogram %s: %s: predicted without it by the other views",
+                              row.eeg_id, row.spectrogram_id, row.reason)
+                    partial[position] = row
+    return out, dict(sorted(failed.items())), [row for _, row in sorted(partial.items())]
 
 
 def fallback_rows_of_submission(sample, test_rows, per_row, failed: list[FallbackRow], set_aside) -> list[FallbackRow]:
@@ -126,59 +132,69 @@ def predict_competition(
     """test.csv + the test recordings + sample_submission.csv -> `output` (submission.csv)
     and inference_report.json beside it.
 
-    `engine` runs every model (`auto`: the fastest that opens each; see hms_offline.models.engines);
-    `prepare_keras` is called once before the first keras engine (the kernel installs
-    keras-cv there); `load(entry, root)`, when given, opens a model instead (tests)."""
+    `workers` processes read and preprocess the test files ahead of the models (default:
+    `default_workers()`); `engine` runs every model (`auto`: the fastest that opens each; see
+    hms_offline.models.engines); `prepare_keras` is called once before the first keras engine
+    (the kernel installs keras-cv there); `load(entry, root)`, when given, opens a model
+    instead (tests). `work_dir` is not used: the test files are read into memory, nothing is
+    written but the submission and its report (it stays for callers that still pass it)."""
     engine_order(engine, gpu=False)  # an unknown engine name fails now, not after the work
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    for name, value in (("batch_size", batch_size), ("workers", workers)):
+        if not (value is None and name == "workers") and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    workers = workers or default_workers()
     data_dir, bundle_dir = Path(data_dir), Path(bundle_dir)
     output = resolve_output(output)
     report = InferenceReport(submission=str(output), engine=engine, versions=runtime_versions())
     stages = report.stage_seconds
-    with tempfile.TemporaryDirectory(prefix="hms_work_") as scratch:
-        work_dir = Path(work_dir) if work_dir else Path(scratch)
-        with timed(stages, "read csv"):
-            test = read_test_rows(data_dir / "test.csv")
-            sample = read_sample_submission(data_dir / "sample_submission.csv")
-        for row in test.set_aside:
-            log.error("test.csv line %d set aside: %s", row.line, row.reason)
-        report.set_aside_test_rows = [FallbackRow(r.eeg_id, r.spectrogram_id, "test.csv", r.reason) for r in test.set_aside]
-        samples = distinct_samples(test.rows)
-        with timed(stages, "load models"):
-            manifest, root = load_manifest(bundle_dir)
-            rejected = [DroppedModel(name, str(root), reason) for name, reason in manifest.rejected]
-            for model in rejected:
-                log.error("MODEL DROPPED: %s: %s", model.name, model.reason)
-            members, dropped = load_members(manifest.models, root, load or EngineLoader(engine, prepare_keras))
-            ensemble = Ensemble(members, rejected + dropped)
-        report.version_warnings = tensorflow_warnings([member.entry for member in members],
-                                                      report.versions.get("tensorflow"))
-        for warning in report.version_warnings:
-            log.warning("%s", warning)
-        report.views = ensemble.views
-        with timed(stages, "convert"):
-            sources = sources_of(ensemble.views)
-            log.info("input views %s read %s", ", ".join(ensemble.views), " and ".join(sources))
-            folders, problems = convert_test_recordings(data_dir, work_dir, samples, sources, workers)
-        with timed(stages, "predict"):
-            reader = SampleReader(ensemble.views, folders, problems)
-            per_sample, failed, report.partial_rows = predict_samples(ensemble, reader, samples, batch_size)
-            per_row = per_sample[row_positions(test.rows, samples)]
-        fallback, report.fallback_source = ensemble.class_prior()
-        report.fallback = fallback.tolist()
-        with timed(stages, "write"):
-            submission = build_submission(sample, test.rows[ID_COLUMN].to_numpy(), per_row, fallback)
-            report.fallback_rows = fallback_rows_of_submission(sample, test.rows, per_row, list(failed.values()),
-                                                             report.set_aside_test_rows)
-            report.rows, report.spectrograms = len(submission), int(samples["spectrogram_id"].nunique())
-            report.eegs = int(samples[ID_COLUMN].nunique()) if "eeg" in sources else 0
-            report.models = [{"name": name, "engine": member.engine, "view": member.view, "file": member.file,
-                              "weight": float(weight)}
-                             for name, weight, member in zip(ensemble.names, ensemble.weights, ensemble.members)]
-            report.models_dropped = ensemble.dropped
-            report.model_seconds = dict(ensemble.seconds)
-            _finish(report, submission, output, strict)
+    with timed(stages, "read csv"):
+        test = read_test_rows(data_dir / "test.csv")
+        sample = read_sample_submission(data_dir / "sample_submission.csv")
+    for row in test.set_aside:
+        log.error("test.csv line %d set aside: %s", row.line, row.reason)
+    report.set_aside_test_rows = [FallbackRow(r.eeg_id, r.spectrogram_id, "test.csv", r.reason) for r in test.set_aside]
+    samples = distinct_samples(test.rows)
+    with timed(stages, "load models"):
+        manifest, root = load_manifest(bundle_dir)
+        rejected = [DroppedModel(name, str(root), reason) for name, reason in manifest.rejected]
+        for model in rejected:
+            log.error("MODEL DROPPED: %s: %s", model.name, model.reason)
+        members, dropped = load_members(manifest.models, root, load or EngineLoader(engine, prepare_keras))
+        ensemble = Ensemble(members, rejected + dropped)
+    report.version_warnings = tensorflow_warnings([member.entry for member in members],
+                                                  report.versions.get("tensorflow"))
+    for warning in report.version_warnings:
+        log.warning("%s", warning)
+    report.views = ensemble.views
+    with timed(stages, "find files"):
+        sources = sources_of(ensemble.views)
+        log.info("input views %s read %s", ", ".join(ensemble.views), " and ".join(sources))
+        files, known = find_test_files(data_dir, samples, sources)
+        for (source, recording_id), problem in known.items():
+            log.error("test %s %s: %s: %s", source, recording_id, problem.stage, problem.reason)
+        work = batches(samples, ensemble.views, files, known, batch_size)
+    stream = StreamStats(workers)
+    log.info("%d test samples in %d batches, read and preprocessed ahead of the models by %d worker process(es)",
+             len(samples), len(work), workers)
+    with timed(stages, "stream and predict"):
+        per_sample, failed, report.partial_rows = predict_samples(ensemble, read_ahead(work, workers, stream),
+                                                                  samples, len(work))
+        per_row = per_sample[row_positions(test.rows, samples)]
+    report.stream_seconds = stream.as_dict()
+    fallback, report.fallback_source = ensemble.class_prior()
+    report.fallback = fallback.tolist()
+    with timed(stages, "write"):
+        submission = build_submission(sample, test.rows[ID_COLUMN].to_numpy(), per_row, fallback)
+        report.fallback_rows = fallback_rows_of_submission(sample, test.rows, per_row, list(failed.values()),
+                                                         report.set_aside_test_rows)
+        report.rows, report.spectrograms = len(submission), int(samples["spectrogram_id"].nunique())
+        report.eegs = int(samples[ID_COLUMN].nunique()) if "eeg" in sources else 0
+        report.models = [{"name": name, "engine": member.engine, "view": member.view, "file": member.file,
+                          "weight": float(weight)}
+                         for name, weight, member in zip(ensemble.names, ensemble.weights, ensemble.members)]
+        report.models_dropped = ensemble.dropped
+        report.model_seconds = dict(ensemble.seconds)
+        _finish(report, submission, output, strict)
     return report
 
 

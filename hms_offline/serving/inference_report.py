@@ -28,7 +28,7 @@ class FallbackRow:
 
     eeg_id: object
     spectrogram_id: int | None
-    stage: str  # test.csv, sample_submission.csv, convert, load, signal
+    stage: str  # test.csv, sample_submission.csv, convert, signal, preprocess
     reason: str
 
 
@@ -60,7 +60,10 @@ class InferenceReport:
     # never a fault (TF 2.21 exports on the image's 2.20 is what --verify checks).
     version_warnings: list[str] = field(default_factory=list)
     versions: dict[str, str | None] = field(default_factory=dict)
-    stage_seconds: dict[str, float] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # wall time, stage after stage
+    # Inside "stream and predict": the reading workers' own seconds (overlapping the models'), and
+    # how long the models waited for the next batch (the reading not hidden behind them).
+    stream_seconds: dict[str, float] = field(default_factory=dict)
     model_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -106,6 +109,12 @@ class InferenceReport:
         out += [f"warning: {warning}" for warning in self.warnings]
         out += [f"version warning: {warning}" for warning in self.version_warnings]
         out += [f"stage {name}: {seconds:.1f} s" for name, seconds in self.stage_seconds.items()]
+        if self.stream_seconds:
+            stream = self.stream_seconds
+            out.append(f"  of which: {stream['workers']} reading worker(s) read {stream['read (workers)']:.1f} s and "
+                       f"preprocessed {stream['preprocess (workers)']:.1f} s, overlapped with the models; the models "
+                       f"waited {stream['waited for input']:.1f} s for input"
+                       + (f"; {stream['worker restarts']} worker death(s)" if stream["worker restarts"] else ""))
         out += [f"model {name}: {seconds:.1f} s" for name, seconds in self.model_seconds.items()]
         return out
 

@@ -114,12 +114,14 @@ def test_strict_is_off_unless_asked_for(kernel, tmp_path):
     assert kernel.parse_args([*local_args(tmp_path), "--strict"]).strict is True
 
 
+@pytest.mark.parametrize("flag", ["--batch-size", "--workers"])
 @pytest.mark.parametrize("value", ["0", "-2", "1.5", "many"])
-def test_batch_size_must_be_a_whole_number_of_at_least_one(kernel, tmp_path, capsys, value):
+def test_batch_size_and_workers_must_be_whole_numbers_of_at_least_one(kernel, tmp_path, capsys, flag, value):
     with pytest.raises(SystemExit):
-        kernel.parse_args([*local_args(tmp_path), "--batch-size", value])
-    assert f"argument --batch-size: must be a whole number >= 1, not {value!r}" in capsys.readouterr().err
-    assert kernel.parse_args([*local_args(tmp_path), "--batch-size", "1"]).batch_size == 1
+        kernel.parse_args([*local_args(tmp_path), flag, value])
+    assert f"argument {flag}: must be a whole number >= 1, not {value!r}" in capsys.readouterr().err
+    assert getattr(kernel.parse_args([*local_args(tmp_path), flag, "1"]), flag[2:].replace("-", "_")) == 1
+    assert kernel.parse_args(local_args(tmp_path)).workers is None  # predict_competition's default: one per core
 
 
 def test_only_missing_or_other_version_wheels_are_installed(kernel):

@@ -16,7 +16,7 @@ from hms_offline.features.views import view_record
 from hms_offline.models.manifest import Manifest, ModelEntry, load_manifest, make_entry, write_manifest
 from hms_offline.serving.ensemble import Ensemble, Member, NoModelError, load_members
 from hms_offline.serving.inference import StrictModeError, predict_competition, predict_samples
-from hms_offline.serving.samples import SampleReader, SourceProblem
+from hms_offline.serving.samples import SourceProblem, batches, find_test_files, prepare
 
 from conftest import REPO_ROOT, run_offline
 
@@ -95,20 +95,41 @@ def test_without_recorded_priors_the_fallback_is_uniform():
     assert source.startswith("uniform")
 
 
+def in_process(samples, views, data_dir, batch_size):
+    """The samples' prepared batches, made in this process (what the workers return)."""
+    from hms_offline.serving.samples import sources_of
+
+    files, known = find_test_files(data_dir, samples, sources_of(views))
+    return (prepare(batch) for batch in batches(samples, views, files, known, batch_size))
+
+
+def eeg_table(values: np.ndarray) -> pa.Table:
+    from hms_offline.constants import EEG_CHANNELS
+
+    return pa.table({name: values[:, i] for i, name in enumerate(EEG_CHANNELS)})
+
+
 def test_unreadable_and_signal_less_spectrograms_are_named_with_their_stage(tmp_path):
-    np.save(tmp_path / "1.npy", np.ones((400, 300), dtype=np.float32))
-    (tmp_path / "2.npy").write_bytes(b"truncated")
-    np.save(tmp_path / "3.npy", np.zeros((400, 300), dtype=np.float32))  # all NaN, filled with 0
-    np.save(tmp_path / "4.npy", np.ones((400, 20), dtype=np.float32))  # 40 s of 10 min
-    np.save(tmp_path / "5.npy", np.ones((3, 300), dtype=np.float32))  # not a spectrogram
+    folder = tmp_path / "test_spectrograms"
+    write_parquet(folder / "1.parquet", spectrogram_table(np.ones((300, 400), dtype=np.float32)))
+    (folder / "2.parquet").write_bytes(b"truncated")
+    write_parquet(folder / "3.parquet", spectrogram_table(np.full((300, 400), np.nan, dtype=np.float32)))
+    write_parquet(folder / "4.parquet", spectrogram_table(np.ones((20, 400), dtype=np.float32)))  # 40 s of 10 min
+    write_parquet(folder / "5.parquet", eeg_table(np.ones((300, 20), dtype=np.float32)))  # an EEG, not a spectrogram
+    (folder / "6.parquet").mkdir()
     ensemble = Ensemble([member("a", 1.0, ConstantModel([0.5, 0.5, 0, 0, 0, 0]))])
-    samples = pd.DataFrame({"spectrogram_id": [1, 2, 3, 4, 5], ID_COLUMN: [11, 12, 13, 14, 15]})
-    reader = SampleReader(ensemble.views, {"spectrogram": tmp_path}, {})
-    probabilities, failed, partial = predict_samples(ensemble, reader, samples, batch_size=2)
-    assert {row.spectrogram_id: row.stage for row in failed.values()} == {2: "load", 3: "signal", 4: "signal", 5: "load"}
-    assert [row.eeg_id for row in failed.values()] == [12, 13, 14, 15] and partial == []
-    assert "no usable signal: 0.0% of the cells of its 400x300 window" in failed[2].reason
-    assert "6.7%" in failed[3].reason and "(20 time steps)" in failed[3].reason
+    samples = pd.DataFrame({"spectrogram_id": [1, 2, 3, 4, 5, 6, 7], ID_COLUMN: [11, 12, 13, 14, 15, 16, 17]})
+    probabilities, failed, partial = predict_samples(ensemble, in_process(samples, ensemble.views, tmp_path, 2), samples)
+    assert {row.spectrogram_id: row.stage for row in failed.values()} == {
+        2: "convert", 3: "signal", 4: "signal", 5: "convert", 6: "convert", 7: "convert"}
+    assert [row.eeg_id for row in failed.values()] == [12, 13, 14, 15, 16, 17] and partial == []
+    reasons = {row.spectrogram_id: row.reason for row in failed.values()}
+    assert reasons[2].startswith(f"{folder / '2.parquet'}: cannot be read as parquet")
+    assert "no usable signal: 0.0% of the cells of its 400x300 window" in reasons[3]
+    assert "6.7%" in reasons[4] and "(20 time steps)" in reasons[4]
+    assert reasons[5].startswith(f"{folder / '5.parquet'}: not a valid spectrogram parquet: missing columns")
+    assert reasons[6] == f"{folder / '6.parquet'}: is a directory, not a parquet file"
+    assert reasons[7] == f"no parquet file for it in {folder} (looked for 7.parquet or 7.pq, any case)"
     np.testing.assert_allclose(probabilities[0], [0.5, 0.5, 0, 0, 0, 0])
     assert np.isnan(probabilities[1:]).all()
 
@@ -116,18 +137,15 @@ def test_unreadable_and_signal_less_spectrograms_are_named_with_their_stage(tmp_
 def test_a_sample_without_one_view_is_predicted_by_the_others(tmp_path):
     """One ensemble of two views: a sample whose EEG is unusable is predicted by the Kaggle-view
     model alone (a partial row), one with neither recording gets NaN (the fallback)."""
-    spectrograms, eegs = tmp_path / "spectrograms", tmp_path / "eegs"
-    spectrograms.mkdir(), eegs.mkdir()
     for i in (1, 2):
-        np.save(spectrograms / f"{i}.npy", np.ones((400, 300), dtype=np.float32))
-    np.save(eegs / "11.npy", np.random.default_rng(0).normal(size=(10_000, 20)).astype(np.float32))
-    np.save(eegs / "12.npy", np.full((10_000, 20), np.nan, dtype=np.float32))  # an EEG of NaN only
+        write_parquet(tmp_path / "test_spectrograms" / f"{i}.parquet", spectrogram_table(np.ones((300, 400), np.float32)))
+    write_parquet(tmp_path / "test_eegs" / "11.parquet",
+                  eeg_table(np.random.default_rng(0).normal(size=(10_000, 20)).astype(np.float32)))
+    write_parquet(tmp_path / "test_eegs" / "12.parquet", eeg_table(np.full((10_000, 20), np.nan, np.float32)))
     ensemble = Ensemble([member("kaggle", 1.0, ConstantModel([1, 0, 0, 0, 0, 0])),
                          member("eeg", 3.0, ConstantModel([0, 1, 0, 0, 0, 0]), view="eeg_bipolar_stft")])
     samples = pd.DataFrame({"spectrogram_id": [1, 2, 3], ID_COLUMN: [11, 12, 13]})
-    missing = {("spectrogram", 3): SourceProblem("convert", "no parquet"), ("eeg", 13): SourceProblem("convert", "no parquet")}
-    reader = SampleReader(ensemble.views, {"spectrogram": spectrograms, "eeg": eegs}, missing)
-    probabilities, failed, partial = predict_samples(ensemble, reader, samples, batch_size=8)
+    probabilities, failed, partial = predict_samples(ensemble, in_process(samples, ensemble.views, tmp_path, 8), samples)
     np.testing.assert_allclose(probabilities[:2], [[0.25, 0.75, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]])
     assert np.isnan(probabilities[2]).all()
     assert [(row.eeg_id, row.stage) for row in partial] == [(12, "signal")]
@@ -135,14 +153,15 @@ def test_a_sample_without_one_view_is_predicted_by_the_others(tmp_path):
     assert [(row.eeg_id, row.stage) for row in failed.values()] == [(13, "convert")]
 
 
-def expected_submission(competition, bundle) -> np.ndarray:
-    """The fold ensemble computed the long way: model by model, row by row, each model on its
-    own input view of the row's recordings."""
+def expected_submission(competition, bundle, engine="keras") -> np.ndarray:
+    """The fold ensemble computed the long way: model by model, row by row, each model (run by
+    `engine`) on its own input view of the row's recordings, made by the features functions."""
     from hms_offline.convert import read_eeg
     from hms_offline.features.views import get_view
 
     manifest, root = load_manifest(bundle)
-    models = [KerasEngine(entry, root) for entry in manifest.models]
+    models = [KerasEngine(entry, root) if engine == "keras" else EngineLoader(engine)(entry, root)
+              for entry in manifest.models]
     views = [get_view(entry.input["name"]) for entry in manifest.models]
     weights = np.array([m.ensemble_weight for m in manifest.models]) / sum(m.ensemble_weight for m in manifest.models)
     test = pd.read_csv(competition / "test.csv")
@@ -163,13 +182,28 @@ def exported_expected(synthetic_competition, exported_bundle) -> np.ndarray:
     return expected_submission(synthetic_competition, exported_bundle)
 
 
+@pytest.fixture(scope="module")
+def by_hand_per_engine(synthetic_competition, exported_bundle, exported_expected) -> dict:
+    """{engine: the ensemble by hand with that engine}, each computed once for the module."""
+    cache = {"keras": exported_expected}
+
+    def expected(engine):
+        if engine not in cache:
+            cache[engine] = expected_submission(synthetic_competition, exported_bundle, engine)
+        return cache[engine]
+
+    return expected
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("engine, ran, tolerance", [
     ("keras", "keras", 1e-5), ("saved_model", "saved_model", 1e-5), ("tflite", "tflite", 1e-4), ("auto", "tflite", 1e-4),
 ])
 def test_every_engine_predicts_the_ensemble_computed_by_hand(synthetic_competition, exported_bundle, tmp_path,
-                                                             exported_expected, engine, ran, tolerance):
-    """The bundle's exports (made under this TensorFlow) against the Keras models, by hand."""
+                                                             exported_expected, by_hand_per_engine, engine, ran,
+                                                             tolerance):
+    """The bundle's exports (made under this TensorFlow) against the Keras models, by hand; and
+    the streamed kernel against the same engine by hand, on the features functions' images (1e-6)."""
     output = tmp_path / "submission.csv"
     report = predict_competition(synthetic_competition, exported_bundle, output, batch_size=5, strict=True,
                                  engine=engine)
@@ -182,11 +216,15 @@ def test_every_engine_predicts_the_ensemble_computed_by_hand(synthetic_competiti
     expected = exported_expected
     assert np.ptp(expected, axis=0).max() > 1e-2  # the fixture's models answer each image differently
     np.testing.assert_allclose(values, expected, atol=tolerance)
+    np.testing.assert_allclose(values, by_hand_per_engine(ran), rtol=0, atol=1e-6)
     assert report.rows == len(sample) and report.fallback_rows == []
     assert [model["engine"] for model in report.models] == [ran] * 3
     assert report.views == ["starter_log_standardize", "eeg_bipolar_stft"] and report.eegs == len(sample)
     assert report.partial_rows == []
-    assert set(report.stage_seconds) == {"read csv", "convert", "load models", "predict", "write"}
+    assert set(report.stage_seconds) == {"read csv", "load models", "find files", "stream and predict", "write"}
+    stream = report.stream_seconds
+    assert stream["workers"] >= 1 and stream["read (workers)"] > 0 and stream["preprocess (workers)"] > 0
+    assert 0 <= stream["waited for input"] <= report.stage_seconds["stream and predict"]
     written = json.loads((tmp_path / "inference_report.json").read_text())
     assert written["rows"] == len(sample) and written["engine"] == engine and written["fallback_rows"] == []
     assert [m["name"] for m in written["models"]] == ["mobilenetv3_large_fold0", "mobilenetv3_large_fold1",
@@ -276,18 +314,20 @@ def test_each_fault_costs_only_its_own_row_or_model_and_is_reported(synthetic_co
     report = predict_competition(tmp_path / "competition", faulty_bundle, output, load=fake_load, batch_size=3,
                                  work_dir=work)
     sid = pd.read_csv(synthetic_competition / "test.csv")["spectrogram_id"].tolist()
-    # converted: exactly the readable files of the usable rows (not rows 6 and 7, set aside; not 999)
-    assert sorted(p.name for p in (work / "test_spectrograms").glob("*.npy")) == sorted(
-        f"{i}.npy" for i in sid[2:6] + sid[8:])
+    # the test files are read into memory: nothing is written to the work folder (kept for old callers)
+    assert not work.exists()
     # an ensemble of Kaggle-spectrogram models never reads test_eegs/
-    assert not (work / "test_eegs").exists() and report.eegs == 0 and report.views == ["starter_log_standardize"]
+    assert report.eegs == 0 and report.views == ["starter_log_standardize"]
     assert "999.parquet" not in (output / "inference_report.json").read_text()
     submission = pd.read_csv(output / "submission.csv").set_index(ID_COLUMN)
     assert {row.eeg_id: row.stage for row in report.fallback_rows} == expected
     np.testing.assert_allclose(submission.loc[list(expected)].to_numpy(), np.tile(PRIOR, (len(expected), 1)))
     np.testing.assert_allclose(submission.loc[predicted].to_numpy(), np.tile([0, 0, 0, 0, 1, 0], (len(predicted), 1)))
     reasons = {row.eeg_id: row.reason for row in report.fallback_rows}
-    assert "not parquet" not in reasons and "cannot be read as parquet" in "".join(reasons.values())
+    assert "not parquet" not in reasons.values()
+    spectrograms = tmp_path / "competition" / "test_spectrograms"
+    assert reasons[list(expected)[0]].startswith(f"{spectrograms / f'{sid[0]}.parquet'}: cannot be read as parquet")
+    assert reasons[list(expected)[1]].startswith(f"no parquet file for it in {spectrograms}")
     assert [m.name for m in report.models_dropped] == ["strange", "corrupt"]
     assert "unknown arch 'resnet50'" in report.models_dropped[0].reason
     assert "corrupt.weights.h5" in report.models_dropped[1].reason and "truncated" in report.models_dropped[1].reason
@@ -422,10 +462,10 @@ def test_a_corrupt_weights_file_whose_sha256_matches_drops_only_that_model(fresh
     assert name == "mobilenetv3_large_fold1" and file == str(weights) and f"cannot be loaded from {weights}" in reason
 
 
-def run_kernel(data_dir, bundle_dir, output, work_dir, *flags):
+def run_kernel(data_dir, bundle_dir, output, *flags):
     return run_offline(
         [sys.executable, str(KERNEL), "--data-dir", str(data_dir), "--bundle-dir", str(bundle_dir),
-         "--output", str(output), "--work-dir", str(work_dir), *flags],
+         "--output", str(output), *flags],
         timeout=600,
     )
 
@@ -433,7 +473,7 @@ def run_kernel(data_dir, bundle_dir, output, work_dir, *flags):
 @pytest.mark.slow
 def test_kernel_dry_run_offline_on_synthetic_data(synthetic_competition, exported_bundle, exported_expected, tmp_path):
     output = tmp_path / "submission.csv"
-    result = run_kernel(synthetic_competition, exported_bundle, output, tmp_path / "work", "--strict")
+    result = run_kernel(synthetic_competition, exported_bundle, output, "--workers", "1", "--strict")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "submission rows: 12" in result.stdout and "models: 3" in result.stdout
     assert "engine: auto (tflite: 3)" in result.stdout and "(the image was left as it was)" in result.stdout
@@ -447,7 +487,7 @@ def test_kernel_dry_run_offline_on_synthetic_data(synthetic_competition, exporte
 @pytest.mark.slow
 def test_kernel_dry_run_offline_on_the_real_sample(hms_sample, exported_bundle, tmp_path):
     output = tmp_path / "submission.csv"
-    result = run_kernel(hms_sample, exported_bundle, output, tmp_path / "work", "--strict")
+    result = run_kernel(hms_sample, exported_bundle, output, "--strict")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     submission = pd.read_csv(output)
     sample = pd.read_csv(hms_sample / "sample_submission.csv")
@@ -462,7 +502,7 @@ def test_kernel_dry_run_offline_on_the_real_sample(hms_sample, exported_bundle, 
 
 def test_kernel_refuses_a_bundle_without_models(synthetic_competition, tmp_path):
     write_manifest(Manifest(models=[]), tmp_path / "bundle" / "weights_manifest.json")
-    result = run_kernel(synthetic_competition, tmp_path / "bundle", tmp_path / "submission.csv", tmp_path / "work")
+    result = run_kernel(synthetic_competition, tmp_path / "bundle", tmp_path / "submission.csv")
     assert result.returncode != 0
     assert "lists no models" in result.stdout + result.stderr
     assert not (tmp_path / "submission.csv").exists()
@@ -480,3 +520,101 @@ def test_predict_command_reports_a_bad_bundle_clearly(synthetic_competition, tmp
     assert result.returncode == 2
     assert "lists no models" in result.stderr
     assert not (tmp_path / "submission.csv").exists()
+
+
+class ProjectionModel:
+    """A model whose answer depends on every pixel: softmax of a fixed random projection of the image."""
+
+    def __init__(self, seed):
+        from hms_offline.constants import IMAGE_CHANNELS, IMAGE_HEIGHT, WINDOW_COLUMNS
+
+        size = IMAGE_HEIGHT * WINDOW_COLUMNS * IMAGE_CHANNELS
+        self.projection = np.random.default_rng(seed).normal(0, 1 / np.sqrt(size), (size, len(VOTE_COLUMNS)))
+
+    def predict_on_batch(self, images):
+        logits = np.asarray(images, dtype=np.float64).reshape(len(images), -1) @ self.projection
+        odds = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return odds / odds.sum(axis=1, keepdims=True)
+
+
+def test_the_streamed_kernel_shows_each_model_exactly_the_images_of_the_features_functions(synthetic_competition,
+                                                                                           tmp_path):
+    """The three views in one ensemble, a model each: the submission equals the ensemble computed
+    by hand from images made by the features functions on each row's parquet files (1e-6)."""
+    from hms_offline.convert import read_eeg
+    from hms_offline.features.views import VIEWS
+
+    folder = tmp_path / "bundle"
+    folder.mkdir()
+    entries = []
+    for seed, view in enumerate(VIEWS):
+        (folder / f"{view}.weights.h5").write_bytes(view.encode())
+        entries.append(make_entry(folder / f"{view}.weights.h5", folder, arch="mobilenetv3_large", fold=0, name=view,
+                                  class_prior=PRIOR, ensemble_weight=1.0 + seed, input_view=view_record(view)))
+    write_manifest(Manifest(models=entries), folder / "weights_manifest.json")
+    models = {view: ProjectionModel(seed) for seed, view in enumerate(VIEWS)}
+    report = predict_competition(synthetic_competition, folder, tmp_path / "submission.csv", batch_size=5,
+                                 workers=2, strict=True, load=lambda entry, root: models[entry.name])
+    test = pd.read_csv(synthetic_competition / "test.csv")
+    weights = np.array([1.0, 2.0, 3.0]) / 6.0
+    rows = []
+    for spectrogram_id, eeg_id in zip(test["spectrogram_id"], test[ID_COLUMN]):
+        arrays = {"spectrogram": read_spectrogram(synthetic_competition / "test_spectrograms" / f"{spectrogram_id}.parquet"),
+                  "eeg": read_eeg(synthetic_competition / "test_eegs" / f"{eeg_id}.parquet")}
+        rows.append(sum(w * models[name].predict_on_batch(view.image(arrays)[None])[0]
+                        for w, (name, view) in zip(weights, VIEWS.items())))
+    expected = pd.DataFrame(rows, columns=list(VOTE_COLUMNS)).assign(**{ID_COLUMN: test[ID_COLUMN]})
+    expected = expected.groupby(ID_COLUMN)[list(VOTE_COLUMNS)].mean()
+    submission = pd.read_csv(tmp_path / "submission.csv").set_index(ID_COLUMN)
+    assert np.ptp(expected.to_numpy(), axis=0).max() > 1e-3  # the models answer each image differently
+    np.testing.assert_allclose(submission.loc[expected.index].to_numpy(), expected.to_numpy(), rtol=0, atol=1e-6)
+    assert report.views == list(VIEWS) and report.stream_seconds["workers"] == 2
+
+
+DEADLY_ID = "666"
+
+
+def read_or_die(path, name):
+    """The kernel's reader, except that the process dies on DEADLY_ID's file, as if a corrupt
+    file crashed pyarrow (or the OOM killer took the worker)."""
+    import os
+    from pathlib import Path
+
+    from hms_offline.serving.samples import read_recording
+
+    if Path(path).stem == DEADLY_ID:
+        os._exit(1)
+    return read_recording(path, name)
+
+
+@pytest.mark.slow  # kills worker processes
+def test_a_file_that_kills_its_reading_worker_costs_only_its_samples(synthetic_competition, tmp_path):
+    """Among 12 samples in batches of 3 over 2 workers: the spectrogram whose read kills the worker
+    gets the fallback (stage convert, the worker's death and the file named); every other
+    sample, those of its batch and of the other batches in flight included, is predicted as
+    by hand, and this process survives."""
+    from hms_offline.serving.samples import sources_of
+    from hms_offline.serving.stream import WORKER_DIED, StreamStats, read_ahead
+
+    data = shutil.copytree(synthetic_competition, tmp_path / "competition")
+    test = pd.read_csv(data / "test.csv")
+    spectrograms = data / "test_spectrograms"
+    sid = test["spectrogram_id"].tolist()
+    (spectrograms / f"{sid[4]}.parquet").rename(spectrograms / f"{DEADLY_ID}.parquet")
+    test.loc[4, "spectrogram_id"] = int(DEADLY_ID)
+    samples = test[["spectrogram_id", ID_COLUMN]]
+    ensemble = Ensemble([member("a", 1.0, ProjectionModel(0))])
+    files, known = find_test_files(data, samples, sources_of(ensemble.views))
+    stats = StreamStats(workers=2)
+    work = batches(samples, ensemble.views, files, known, batch_size=3)
+    probabilities, failed, partial = predict_samples(ensemble, read_ahead(work, 2, stats, read=read_or_die), samples)
+    ((position, row),) = failed.items()
+    assert position == 4 and row.stage == "convert" and partial == []
+    assert row.reason == f"{spectrograms / f'{DEADLY_ID}.parquet'}: {WORKER_DIED} while reading it"
+    assert stats.restarts == 1
+    by_hand = prepare(batches(samples, ensemble.views, files, known, batch_size=len(samples))[0])
+    indexes, images = by_hand.images["starter_log_standardize"]
+    positions = np.array([by_hand.positions[i] for i in indexes])  # read here by the plain reader: 4 too
+    assert sorted(positions) == list(range(len(samples)))
+    np.testing.assert_allclose(probabilities[positions[positions != 4]], ProjectionModel(0).predict_on_batch(images)[positions != 4],
+                               rtol=0, atol=1e-12)

@@ -332,16 +332,16 @@ def test_report_compares_runs_side_by_side(mobilenet_run, eeg_run, tmp_path):
 @pytest.mark.parametrize("choice", ["kaggle", "eeg", "both"])
 def test_training_input_equals_what_inference_computes(competition, tmp_path, choice):
     """A labelled window cut by the loader == the same recordings given to the kernel as a test
-    sample, through convert + the kernel's reader: the 10 minutes of spectrogram as a test
-    spectrogram (Kaggle's format: 300 rows, int16 `time`), the 50 s of EEG as a test EEG file
-    (10,000 rows), for every input view."""
+    sample, read from parquet by the kernel's `prepare` (what its reading workers run): the 10
+    minutes of spectrogram as a test spectrogram (Kaggle's format: 300 rows, int16 `time`), the
+    50 s of EEG as a test EEG file (10,000 rows), for every input view."""
     import pyarrow.parquet as pq
 
     from hms_offline.constants import EEG_SAMPLE_RATE_HZ
-    from hms_offline.convert import convert_tree
+    from hms_offline.features.sources import SOURCES
     from hms_offline.features.spectrogram import window_start
     from hms_offline.features.views import INPUT_CHOICES
-    from hms_offline.serving.samples import SampleReader
+    from hms_offline.serving.samples import batches, find_test_files, prepare, sources_of
     from hms_offline.training.data import prepare_recordings
     from hms_offline.training.fold import validation_dataset
     from hms_offline.training.labels import read_train_labels, vote_fractions
@@ -355,9 +355,9 @@ def test_training_input_equals_what_inference_computes(competition, tmp_path, ch
     images, targets = next(iter(validation_dataset(config, folders, rows)))
     np.testing.assert_array_equal(targets.numpy(), vote_fractions(rows))
 
-    test = {name: tmp_path / f"test_{name}" for name in sources}
+    test = {name: tmp_path / "competition" / SOURCES[name].test_folder for name in sources}
     for folder in test.values():
-        folder.mkdir()
+        folder.mkdir(parents=True)
     for row in rows.itertuples():
         table = pq.read_table(competition / "train_spectrograms" / f"{row.spectrogram_id}.parquet").to_pandas()
         start = window_start(len(table), row.spectrogram_label_offset_seconds)
@@ -366,14 +366,14 @@ def test_training_input_equals_what_inference_computes(competition, tmp_path, ch
         eeg = pq.read_table(competition / "train_eegs" / f"{row.eeg_id}.parquet").to_pandas()
         start = int(round(row.eeg_label_offset_seconds * EEG_SAMPLE_RATE_HZ))
         eeg.iloc[start:start + 10_000].to_parquet(test["eeg"] / f"{row.label_id}.parquet", index=False)
-    converted = {name: tmp_path / f"npy_{name}" for name in sources}
-    for name in sources:
-        convert_tree(test[name], converted[name], workers=1, progress=False)
-    reader = SampleReader([INPUT_CHOICES[choice]], converted, {})
+    views = [INPUT_CHOICES[choice]]
     samples = pd.DataFrame({"spectrogram_id": rows["label_id"], "eeg_id": rows["label_id"]})
-    shown = [reader.images(samples.iloc[i]) for i in range(len(rows))]
-    assert [missing for _, missing in shown] == [{}] * len(rows)
-    kernel_images = np.stack([images_by_view[INPUT_CHOICES[choice]] for images_by_view, _ in shown])
+    files, known = find_test_files(tmp_path / "competition", samples, sources_of(views))
+    (batch,) = batches(samples, views, files, known, batch_size=len(rows))
+    shown = prepare(batch)  # what the kernel's reading workers return
+    assert shown.missing == {} and shown.problems == {}
+    indexes, kernel_images = shown.images[views[0]]
+    kernel_images = kernel_images[np.argsort([shown.positions[i] for i in indexes])]
     assert kernel_images.shape == (3, *IMAGE_SHAPE)
     np.testing.assert_array_equal(images.numpy(), kernel_images)
 
