@@ -121,7 +121,6 @@ def predict_competition(
     data_dir: Path,
     bundle_dir: Path,
     output: Path,
-    work_dir: Path | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     strict: bool = False,
@@ -136,8 +135,8 @@ def predict_competition(
     `default_workers()`); `engine` runs every model (`auto`: the fastest that opens each; see
     hms_offline.models.engines); `prepare_keras` is called once before the first keras engine
     (the kernel installs keras-cv there); `load(entry, root)`, when given, opens a model
-    instead (tests). `work_dir` is not used: the test files are read into memory, nothing is
-    written but the submission and its report (it stays for callers that still pass it)."""
+    instead (tests). The test files are read into memory: nothing is written but the
+    submission and its report."""
     engine_order(engine, gpu=False)  # an unknown engine name fails now, not after the work
     for name, value in (("batch_size", batch_size), ("workers", workers)):
         if not (value is None and name == "workers") and (not isinstance(value, int) or value < 1):

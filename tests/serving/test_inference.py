@@ -310,12 +310,10 @@ def test_each_fault_costs_only_its_own_row_or_model_and_is_reported(synthetic_co
     expected, predicted = break_competition(synthetic_competition, tmp_path / "competition")
     output = tmp_path / "out"  # an existing folder: the submission goes inside
     output.mkdir()
-    work = tmp_path / "work"
-    report = predict_competition(tmp_path / "competition", faulty_bundle, output, load=fake_load, batch_size=3,
-                                 work_dir=work)
+    report = predict_competition(tmp_path / "competition", faulty_bundle, output, load=fake_load, batch_size=3)
     sid = pd.read_csv(synthetic_competition / "test.csv")["spectrogram_id"].tolist()
-    # the test files are read into memory: nothing is written to the work folder (kept for old callers)
-    assert not work.exists()
+    # the test files are read into memory: nothing but the submission and its report is written
+    assert sorted(path.name for path in output.iterdir()) == ["inference_report.json", "submission.csv"]
     # an ensemble of Kaggle-spectrogram models never reads test_eegs/
     assert report.eegs == 0 and report.views == ["starter_log_standardize"]
     assert "999.parquet" not in (output / "inference_report.json").read_text()
@@ -365,8 +363,7 @@ def test_an_ensemble_of_two_views_predicts_a_row_from_the_view_it_can_read(synth
                                   class_prior=PRIOR, ensemble_weight=weight, input_view=view_record(view)))
     write_manifest(Manifest(models=entries), folder / "weights_manifest.json")
     answers = {"kaggle": [0, 0, 0, 1, 0, 0], "eeg": [0, 0, 0, 0, 1, 0]}
-    report = predict_competition(data, folder, tmp_path / "submission.csv", load=lambda e, r: ConstantModel(answers[e.name]),
-                                 work_dir=tmp_path / "work")
+    report = predict_competition(data, folder, tmp_path / "submission.csv", load=lambda e, r: ConstantModel(answers[e.name]))
     submission = pd.read_csv(tmp_path / "submission.csv").set_index(ID_COLUMN)
     np.testing.assert_allclose(submission.loc[eeg[0]], answers["kaggle"])
     np.testing.assert_allclose(submission.loc[eeg[1]], answers["eeg"])
