@@ -145,13 +145,16 @@ def test_mobilenet_run_writes_every_output(mobilenet_run):
 
 
 def test_short_run_learns_well_below_the_class_prior(mobilenet_run):
-    # 32 steps on ~55 training EEGs, ~60 validation EEGs. This run reaches 0.56 of the
-    # prior's KL; the same recipe on synthetic seeds 4 and 5 and uninterrupted reached
-    # 0.57-0.62. A model that learned nothing sits at 1.0 or above (MobileNetV3 with its own
-    # BatchNormalization momentum, 0.999, lands exactly on the prior after 24 steps).
+    # 32 steps on ~55 training EEGs, ~60 validation EEGs. Since the synthetic GPD and GRDA
+    # share their spectrogram signature (GENERATOR_VERSION 2), the Kaggle view cannot tell
+    # them apart, and this run has reached 0.75, 0.77 and 0.83 of the prior's KL (the last two
+    # on one commit: 32 steps of batch 8 from random weights are chaotic, and images equal
+    # within 1e-6 take another path). A model that learned nothing sits at 1.0 or above
+    # (MobileNetV3 with its own BatchNormalization momentum, 0.999, lands exactly on the prior
+    # after 24 steps).
     cv = mobilenet_run.summary
     assert cv["prior_kl"] > 1.0
-    assert cv["cv_kl"] < 0.8 * cv["prior_kl"], cv
+    assert cv["cv_kl"] < 0.9 * cv["prior_kl"], cv
 
 
 def pair_separation(oof: pd.DataFrame, pair=("gpd", "grda")) -> float:
