@@ -209,10 +209,10 @@ def detect_layout(path: Path, names: list[str]) -> ParquetLayout:
     return best
 
 
-def _read_values(path: Path, layout: ParquetLayout, parquet: pq.ParquetFile) -> np.ndarray:
+def _read_values(path: Path, layout: ParquetLayout, parquet: pq.ParquetFile, schema: pa.Schema) -> np.ndarray:
     """The layout's columns, in layout order, as a `[n_columns, T]` float32 array, NaN kept:
     each column decoded straight into its row of one preallocated array."""
-    _check_layout(path, parquet.schema_arrow, layout)
+    _check_layout(path, schema, layout)
     table = _read_table(path, parquet, layout.columns)
     position = {name: i for i, name in enumerate(table.column_names)}
     values = np.empty((len(layout.columns), table.num_rows), dtype=np.float32)
@@ -236,8 +236,9 @@ def _read_layout(path: Path, layout: ParquetLayout | None) -> np.ndarray:
     """The file as its .npy array: as `layout`, or as the layout its columns cover best."""
     path = Path(path)
     with _open_parquet(path) as parquet:
-        layout = layout or detect_layout(path, parquet.schema_arrow.names)
-        values = _read_values(path, layout, parquet)
+        schema = parquet.schema_arrow  # built anew from the footer at every access: ~1 ms for 401 columns
+        layout = layout or detect_layout(path, schema.names)
+        values = _read_values(path, layout, parquet, schema)
     return _spectrogram_array(values) if layout is SPECTROGRAM_LAYOUT else _eeg_array(values)
 
 
