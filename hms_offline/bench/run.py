@@ -1,0 +1,101 @@
+"""`python -m hms_offline bench`: run the parts, print each as it is measured, write the JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from hms_offline.bench.measure import machine, machine_lines
+
+PARTS = ("conversion", "kernel", "memory", "training")
+JSON_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Settings:
+    conversion_files: int
+    conversion_workers: tuple[int, ...]
+    conversion_rounds: int
+    kernel_sizes: tuple[int, int]
+    kernel_ensembles: tuple[int, ...]
+    kernel_engines: tuple[str, ...]
+    kernel_rounds: int
+    memory_sizes: tuple[int, int]
+    memory_engine: str
+    training_windows: int
+    training_batch_size: int
+    training_archs: tuple[str, ...]
+    training_step_batch: int
+    training_steps: int
+    training_rounds: int
+
+
+def settings(quick: bool) -> Settings:
+    """`quick`: what the test suite runs (small N, K = 1, the fastest engine, few rounds)."""
+    if quick:
+        return Settings(20, (1,), 2, (8, 24), (1,), ("tflite",), 2, (8, 32), "tflite",
+                        64, 16, ("mobilenetv3_large",), 4, 2, 2)
+    workers = tuple(sorted({1, os.cpu_count() or 1}))
+    return Settings(150, workers, 5, (16, 48), (1, 10), ("tflite", "saved_model", "keras"), 2, (500, 5000), "tflite",
+                    512, 32, ("mobilenetv3_large", "efficientnetv2_b2"), 8, 3, 3)
+
+
+def run_part(name: str, config: Settings, work: Path, cache: Path, data_dir: Path | None) -> list:
+    if name == "conversion":
+        from hms_offline.bench import conversion
+
+        return conversion.run(work, config.conversion_files, config.conversion_workers, config.conversion_rounds,
+                              data_dir)
+    if name == "kernel":
+        from hms_offline.bench import kernel
+
+        return kernel.run(work, config.kernel_sizes, config.kernel_ensembles, config.kernel_engines,
+                          config.kernel_rounds, cache, data_dir)
+    if name == "memory":
+        from hms_offline.bench import memory
+
+        return memory.run(work, config.memory_sizes, config.memory_engine, cache)
+    from hms_offline.bench import training
+
+    return training.run(work, config.training_windows, config.training_batch_size, config.training_archs,
+                        config.training_step_batch, config.training_steps, config.training_rounds)
+
+
+def run_bench(quick: bool = False, json_path: Path | None = None, data_dir: Path | None = None,
+              cache: Path | None = None, parts: tuple[str, ...] = PARTS) -> dict:
+    """Every part asked for, printed as measured; the whole record (written to `json_path`)."""
+    from hms_offline.bench.models import default_cache
+
+    unknown = [part for part in parts if part not in PARTS]
+    if unknown:
+        raise ValueError(f"unknown bench parts {unknown}; choose from {', '.join(PARTS)}")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise FileNotFoundError(f"--data-dir {data_dir} is not a folder")
+    config = settings(quick)
+    cache = Path(cache) if cache is not None else default_cache()
+    record = {"format_version": JSON_FORMAT, "command": "bench" + (" --quick" if quick else ""),
+              "machine": machine(), "settings": asdict(config), "data_dir": str(data_dir) if data_dir else None,
+              "parts": {}, "part_seconds": {}}
+    print("\n".join(machine_lines(record["machine"])), flush=True)
+    work = Path(tempfile.mkdtemp(prefix="hms_bench_"))
+    try:
+        for name in parts:
+            started = time.perf_counter()
+            for part in run_part(name, config, work, cache, data_dir):
+                record["parts"][part.name] = part.to_json()
+                print("\n".join(part.lines()), flush=True)
+            record["part_seconds"][name] = round(time.perf_counter() - started, 1)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if json_path is not None:
+        from hms_offline.atomic import write_text_atomically
+
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(Path(json_path), json.dumps(record, indent=2) + "\n")
+        print(f"wrote {json_path}")
+    return record
