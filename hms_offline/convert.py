@@ -169,7 +169,8 @@ def _layout_problem(names: list[str], layout: ParquetLayout) -> str | None:
 
 
 def _non_numeric_columns(schema: pa.Schema, layout: ParquetLayout) -> list[str]:
-    types = {name: schema.field(name).type for name in layout.columns}
+    by_name = {field.name: field.type for field in schema}  # one pass: schema.field(name) scans every field
+    types = {name: by_name[name] for name in layout.columns}
     return [
         f"{name!r} ({kind})"
         for name, kind in types.items()
@@ -210,14 +211,17 @@ def detect_layout(path: Path, names: list[str]) -> ParquetLayout:
 
 
 def _read_values(path: Path, layout: ParquetLayout, parquet: pq.ParquetFile, schema: pa.Schema) -> np.ndarray:
-    """The layout's columns, in layout order, as a `[n_columns, T]` float32 array, NaN kept:
-    each column decoded straight into its row of one preallocated array."""
+    """The layout's columns, in layout order, as a `[n_columns, T]` float32 array, NaN kept."""
     _check_layout(path, schema, layout)
-    table = _read_table(path, parquet, layout.columns)
-    position = {name: i for i, name in enumerate(table.column_names)}
+    table = _read_table(path, parquet, layout.columns).select(list(layout.columns))
+    if table.num_rows and all(field.type == pa.float32() for field in table.schema):
+        # The usual file: one C++ call lays every column out in one array (column-major
+        # [T, C], so its transpose is a C-ordered [C, T] without a copy).
+        batch = table.combine_chunks().to_batches()[0]
+        return np.asarray(batch.to_tensor(null_to_nan=True, row_major=False)).T
     values = np.empty((len(layout.columns), table.num_rows), dtype=np.float32)
-    for row, name in enumerate(layout.columns):
-        values[row] = table.column(position[name]).to_numpy()
+    for row, column in enumerate(table.columns):  # other numeric types: each cast as numpy casts it
+        values[row] = column.to_numpy()
     return values
 
 
