@@ -119,6 +119,9 @@ def _bench(args: argparse.Namespace) -> int:
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if not args.verbose:  # the report, not the log of every kernel run it times
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        logging.getLogger("hms_offline").setLevel(logging.WARNING)
     from hms_offline.bench.run import run_bench
 
     run_bench(quick=args.quick, json_path=args.json, data_dir=args.data_dir, cache=args.cache,

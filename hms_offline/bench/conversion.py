@@ -6,6 +6,8 @@ worker processes started before the timing; the .npy write included where a rout
   a warm pool of worker processes for several), with its digest, sidecar and atomic renames;
 - `starter`: the KerasCV starter's `pd.read_parquet(f).fillna(0).values[:, 1:].T.astype("float32")`
   + `np.save`;
+- `convert_read`: convert's reading alone (hms_offline.convert.read_spectrogram: parquet -> the
+  array), no digest, no write: what separates `convert` from `floor` is then the write;
 - `floor`: the fastest pyarrow read of the file, `pq.ParquetFile(f).read(use_threads=False)`
   (all columns; `floor_columns`: only the 400 value columns), nothing written.
 The files: real-format spectrograms (690 rows x `time` + 400 float32 columns, written by pandas
@@ -42,6 +44,11 @@ def starter_array(path: Path) -> np.ndarray:
 def starter_file(src: Path, dst: Path) -> Path:
     np.save(dst, starter_array(src))
     return dst
+
+
+def read_shape(src: Path) -> tuple[int, ...]:
+    """convert's read of one file in a worker (the shape travels back, not the array)."""
+    return read_spectrogram(src).shape
 
 
 def floor_read(src: Path) -> int:
@@ -95,6 +102,7 @@ def _in_process_routes(source: Path, paths: list[Path]) -> dict:
             starter_file(path, scratch / f"{path.stem}.npy")
 
     return {"convert": convert, "starter": starter,
+            "convert_read": lambda scratch: [read_spectrogram(path) for path in paths],
             "floor": lambda scratch: [floor_read(path) for path in paths],
             "floor_columns": lambda scratch: [floor_read_columns(path) for path in paths]}
 
@@ -108,6 +116,7 @@ def _pool_routes(pool: ProcessPoolExecutor, paths: list[Path], workers: int) -> 
         return route
 
     return {"convert": writing(convert_file), "starter": writing(starter_file),
+            "convert_read": lambda scratch: list(pool.map(read_shape, paths, chunksize=chunk)),
             "floor": lambda scratch: list(pool.map(floor_read, paths, chunksize=chunk)),
             "floor_columns": lambda scratch: list(pool.map(floor_read_columns, paths, chunksize=chunk))}
 
@@ -138,6 +147,8 @@ def conversion_part(name: str, title: str, source: Path, paths: list[Path], work
                    TARGETS["starter_over_convert"])
         part.ratio(f"convert_over_floor{suffix}", f"convert{suffix}_ms_per_file", f"floor{suffix}_ms_per_file",
                    TARGETS["convert_over_floor"])
+        part.ratio(f"convert_read_over_floor{suffix}", f"convert_read{suffix}_ms_per_file",
+                   f"floor{suffix}_ms_per_file")
         part.ratio(f"convert_over_floor_columns{suffix}", f"convert{suffix}_ms_per_file",
                    f"floor_columns{suffix}_ms_per_file")
     return part

@@ -14,8 +14,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-# Distributions whose versions the report names (absent ones are reported as None).
-VERSIONED = ("numpy", "pandas", "pyarrow", "tensorflow", "keras", "keras-cv", "ai-edge-litert")
+# What the report names the version of -> the distributions that may provide it (the first
+# installed counts; absent: None).
+VERSIONED = {"numpy": ("numpy",), "pandas": ("pandas",), "pyarrow": ("pyarrow",),
+             "tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-gpu", "tf-nightly"), "keras": ("keras",),
+             "keras-cv": ("keras-cv",), "ai-edge-litert": ("ai-edge-litert",)}
 
 Route = Callable[[Path], object]  # run once in a fresh scratch folder; its wall time is measured
 
@@ -104,16 +107,19 @@ def cpu_model() -> str:
 
 def machine() -> dict:
     """Cores, CPU model, Python and the versions of what the figures depend on (without importing them)."""
-    versions = {}
-    for name in VERSIONED:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
+    versions = {name: next(filter(None, map(_version, distributions)), None)
+                for name, distributions in VERSIONED.items()}
     tflite = (f"ai-edge-litert {versions['ai-edge-litert']}" if versions["ai-edge-litert"]
               else f"tf.lite of tensorflow {versions['tensorflow']}")
     return {"cores": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(),
             "platform": platform.platform(), "versions": versions, "tflite": tflite}
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def machine_lines(info: dict) -> list[str]:
