@@ -45,7 +45,7 @@ from hms_offline.serving.submission import (
 
 log = logging.getLogger(__name__)
 
-# Images per model call: within 5 % of the best on CPU from 4 to 16 (README).
+# Images per model call: within 5 % of the best on CPU from 4 to 16 (README, benchmarks/).
 DEFAULT_BATCH_SIZE = 16
 
 __all__ = ["DEFAULT_BATCH_SIZE", "NoModelError", "StrictModeError", "predict_competition", "predict_sample",
