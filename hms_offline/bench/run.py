@@ -90,12 +90,17 @@ def run_bench(quick: bool = False, json_path: Path | None = None, data_dir: Path
                 record["parts"][part.name] = part.to_json()
                 print("\n".join(part.lines()), flush=True)
             record["part_seconds"][name] = round(time.perf_counter() - started, 1)
+            if json_path is not None:  # after every part: a long run interrupted keeps what it measured
+                write_record(record, Path(json_path))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if json_path is not None:
-        from hms_offline.atomic import write_text_atomically
-
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(Path(json_path), json.dumps(record, indent=2) + "\n")
         print(f"wrote {json_path}")
     return record
+
+
+def write_record(record: dict, path: Path) -> Path:
+    from hms_offline.atomic import write_text_atomically
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_text_atomically(path, json.dumps(record, indent=2) + "\n")
