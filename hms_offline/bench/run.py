@@ -78,7 +78,9 @@ def run_bench(quick: bool = False, json_path: Path | None = None, data_dir: Path
         raise FileNotFoundError(f"--data-dir {data_dir} is not a folder")
     config = settings(quick)
     cache = Path(cache) if cache is not None else default_cache()
-    record = {"format_version": JSON_FORMAT, "command": "bench" + (" --quick" if quick else ""),
+    command = " ".join(["bench", *(["--quick"] if quick else []), *([f"--data-dir {data_dir}"] if data_dir else []),
+                        *([f"--parts {','.join(parts)}"] if tuple(parts) != PARTS else [])])
+    record = {"format_version": JSON_FORMAT, "command": command,
               "machine": machine(), "settings": asdict(config), "data_dir": str(data_dir) if data_dir else None,
               "parts": {}, "part_seconds": {}}
     print("\n".join(machine_lines(record["machine"])), flush=True)
