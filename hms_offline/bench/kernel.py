@@ -102,7 +102,7 @@ def kernel_route(data_dir: Path, bundle: Path, engine: str, batch_size: int):
     return route
 
 
-def measure(part: Part, label: str, sets: dict[int, Path], bundle: Path, engine: str, k: int, rounds: int,
+def measure(part: Part, label: str, sets: dict[int, Path], bundle: Path, engine: str, rounds: int,
             target) -> None:
     """One engine on one ensemble: the figures and ratios under `label` (e.g. tflite_k1)."""
     (n1, small), (n2, large) = sorted(sets.items())
@@ -145,7 +145,7 @@ def run(work: Path, sizes: tuple[int, int], ensembles: tuple[int, ...], engines:
     for k in ensembles:
         bundle = write_bench_bundle(work / "kernel" / f"bundle_k{k}", ENSEMBLES[k], engines, cache)
         for engine in engines:
-            measure(part, f"{engine}_k{k}", sets, bundle, engine, k, rounds, TARGETS[k])
+            measure(part, f"{engine}_k{k}", sets, bundle, engine, rounds, TARGETS[k])
     parts = [part]
     if data_dir is not None:
         parts.append(data_dir_part(work, Path(data_dir), engines, rounds, cache))
