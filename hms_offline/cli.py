@@ -125,7 +125,8 @@ def _bench(args: argparse.Namespace) -> int:
     from hms_offline.bench.run import run_bench
 
     run_bench(quick=args.quick, json_path=args.json, data_dir=args.data_dir, cache=args.cache,
-              parts=tuple(args.parts.split(",")))
+              parts=tuple(args.parts.split(",")), engines=args.engines and tuple(args.engines.split(",")),
+              ensembles=args.ensembles and tuple(int(k) for k in args.ensembles.split(",")))
     return 0
 
 
@@ -261,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "its test set")
     bench.add_argument("--parts", default="conversion,kernel,memory,training",
                        help="comma-separated parts to run (default: all four)")
+    bench.add_argument("--engines", default=None,
+                       help="part 2's engines, comma-separated (default: tflite,saved_model,keras; --quick: tflite)")
+    bench.add_argument("--ensembles", default=None,
+                       help="part 2's ensemble sizes K, comma-separated, of 1 and 10 (default: 1,10; --quick: 1)")
     bench.add_argument("--cache", type=Path, default=None,
                        help="the bench models' weights and exports (default: $HMS_BENCH_CACHE, else "
                             "~/.cache/hms_offline/bench)")

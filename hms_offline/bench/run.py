@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -35,8 +36,15 @@ class Settings:
     training_rounds: int
 
 
-def settings(quick: bool) -> Settings:
-    """`quick`: what the test suite runs (small N, K = 1, the fastest engine, few rounds)."""
+def settings(quick: bool, engines: tuple[str, ...] | None = None, ensembles: tuple[int, ...] | None = None) -> Settings:
+    """`quick`: what the test suite runs (small N, K = 1, the fastest engine, few rounds);
+    `engines` and `ensembles` (K) limit part 2."""
+    chosen = _settings(quick)
+    return dataclasses.replace(chosen, kernel_engines=tuple(engines or chosen.kernel_engines),
+                               kernel_ensembles=tuple(ensembles or chosen.kernel_ensembles))
+
+
+def _settings(quick: bool) -> Settings:
     if quick:
         return Settings(20, (1,), 2, (8, 24), (1,), ("tflite",), 2, (8, 32), "tflite",
                         64, 16, ("mobilenetv3_large",), 4, 2, 2)
@@ -67,19 +75,28 @@ def run_part(name: str, config: Settings, work: Path, cache: Path, data_dir: Pat
 
 
 def run_bench(quick: bool = False, json_path: Path | None = None, data_dir: Path | None = None,
-              cache: Path | None = None, parts: tuple[str, ...] = PARTS) -> dict:
+              cache: Path | None = None, parts: tuple[str, ...] = PARTS, engines: tuple[str, ...] | None = None,
+              ensembles: tuple[int, ...] | None = None) -> dict:
     """Every part asked for, printed as measured; the whole record (written to `json_path`)."""
+    from hms_offline.bench.kernel import ENSEMBLES
     from hms_offline.bench.models import default_cache
+    from hms_offline.models.engines import ENGINE_NAMES
 
     unknown = [part for part in parts if part not in PARTS]
     if unknown:
         raise ValueError(f"unknown bench parts {unknown}; choose from {', '.join(PARTS)}")
     if data_dir is not None and not Path(data_dir).is_dir():
         raise FileNotFoundError(f"--data-dir {data_dir} is not a folder")
-    config = settings(quick)
+    if engines and not set(engines) <= set(ENGINE_NAMES):
+        raise ValueError(f"unknown engines {sorted(set(engines) - set(ENGINE_NAMES))}; choose from {', '.join(ENGINE_NAMES)}")
+    if ensembles and not set(ensembles) <= set(ENSEMBLES):
+        raise ValueError(f"ensembles of K = {', '.join(map(str, ENSEMBLES))} models only, got {list(ensembles)}")
+    config = settings(quick, engines, ensembles)
     cache = Path(cache) if cache is not None else default_cache()
     command = " ".join(["bench", *(["--quick"] if quick else []), *([f"--data-dir {data_dir}"] if data_dir else []),
-                        *([f"--parts {','.join(parts)}"] if tuple(parts) != PARTS else [])])
+                        *([f"--parts {','.join(parts)}"] if tuple(parts) != PARTS else []),
+                        *([f"--engines {','.join(engines)}"] if engines else []),
+                        *([f"--ensembles {','.join(map(str, ensembles))}"] if ensembles else [])])
     record = {"format_version": JSON_FORMAT, "command": command,
               "machine": machine(), "settings": asdict(config), "data_dir": str(data_dir) if data_dir else None,
               "parts": {}, "part_seconds": {}}
