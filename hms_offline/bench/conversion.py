@@ -1,9 +1,11 @@
 """Part 1: conversion per file, `convert` against the starter's route and the floor read.
 
 Routes, each over the same files with the same number of workers, timed the same way (the
-worker processes started before the timing; the .npy write included where a route writes one):
-- `convert`: hms_offline.convert (convert_tree in this process for one worker; convert_file in
-  a warm pool of worker processes for several), with its digest, sidecar and atomic renames;
+worker processes started before the timing; the .npy write included where a route writes one),
+interleaved file by file (or chunk by chunk in a pool) so noise hits every route alike:
+- `convert`: hms_offline.convert.convert_file (what convert_tree runs per file, in this process
+  for one worker, in a pool of worker processes for several): digest, read, .npy, sidecar,
+  atomic renames;
 - `starter`: the KerasCV starter's `pd.read_parquet(f).fillna(0).values[:, 1:].T.astype("float32")`
   + `np.save`;
 - `convert_read`: convert's reading alone (hms_offline.convert.read_spectrogram: parquet -> the
@@ -27,9 +29,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from hms_offline.bench.measure import Part, best, interleaved
+from hms_offline.bench.measure import Part, best, interleaved_items
 from hms_offline.constants import SPECTROGRAM_COLUMNS, SPECTROGRAM_STEP_SECONDS, SPECTROGRAM_TIME_COLUMN
-from hms_offline.convert import convert_file, convert_tree, read_spectrogram
+from hms_offline.convert import convert_file, read_spectrogram
 
 REAL_ROWS = 690  # train_spectrograms/1000189855.parquet of the public sample
 DISTINCT_FILES = 16  # generated; the rest are byte copies under other ids (own inodes, own page cache)
@@ -93,43 +95,39 @@ def identical_to_starter(paths: list[Path]) -> bool:
     return all(np.array_equal(read_spectrogram(path), starter_array(path)) for path in paths)
 
 
-def _in_process_routes(source: Path, paths: list[Path]) -> dict:
-    def convert(scratch: Path):
-        convert_tree(source, scratch, workers=1, progress=False)
-
-    def starter(scratch: Path):
-        for path in paths:
-            starter_file(path, scratch / f"{path.stem}.npy")
-
-    return {"convert": convert, "starter": starter,
-            "convert_read": lambda scratch: [read_spectrogram(path) for path in paths],
-            "floor": lambda scratch: [floor_read(path) for path in paths],
-            "floor_columns": lambda scratch: [floor_read_columns(path) for path in paths]}
+def _in_process_routes() -> dict:
+    """Each route on one file, in this process."""
+    return {"convert": lambda path, scratch: convert_file(path, scratch / f"{path.stem}.npy"),
+            "starter": lambda path, scratch: starter_file(path, scratch / f"{path.stem}.npy"),
+            "convert_read": lambda path, scratch: read_spectrogram(path),
+            "floor": lambda path, scratch: floor_read(path),
+            "floor_columns": lambda path, scratch: floor_read_columns(path)}
 
 
-def _pool_routes(pool: ProcessPoolExecutor, paths: list[Path], workers: int) -> dict:
-    chunk = max(1, len(paths) // (4 * workers))
-
+def _pool_routes(pool: ProcessPoolExecutor) -> dict:
+    """Each route on a chunk of files, one file per task of a started pool."""
     def writing(worker):
-        def route(scratch: Path):
-            list(pool.map(worker, paths, [scratch / f"{p.stem}.npy" for p in paths], chunksize=chunk))
-        return route
+        return lambda chunk, scratch: list(pool.map(worker, chunk, [scratch / f"{p.stem}.npy" for p in chunk]))
 
     return {"convert": writing(convert_file), "starter": writing(starter_file),
-            "convert_read": lambda scratch: list(pool.map(read_shape, paths, chunksize=chunk)),
-            "floor": lambda scratch: list(pool.map(floor_read, paths, chunksize=chunk)),
-            "floor_columns": lambda scratch: list(pool.map(floor_read_columns, paths, chunksize=chunk))}
+            "convert_read": lambda chunk, scratch: list(pool.map(read_shape, chunk)),
+            "floor": lambda chunk, scratch: list(pool.map(floor_read, chunk)),
+            "floor_columns": lambda chunk, scratch: list(pool.map(floor_read_columns, chunk))}
 
 
-def measure_routes(source: Path, paths: list[Path], workers: int, rounds: int) -> dict[str, list[float]]:
+def measure_routes(paths: list[Path], workers: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds per round of each route over all files, interleaved per file (one worker) or per
+    chunk of 2 files per worker (a pool, started and warmed up before the timing)."""
     if workers == 1:
-        routes = _in_process_routes(source, paths)
-        interleaved(routes, 1)  # warm-up: imports, the page cache
-        return interleaved(routes, rounds)
+        routes = _in_process_routes()
+        interleaved_items(routes, paths[:4], 1)  # warm-up: imports, first calls
+        return interleaved_items(routes, paths, rounds)
+    size = 2 * workers
+    chunks = [paths[start : start + size] for start in range(0, len(paths), size)]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        routes = _pool_routes(pool, paths, workers)
-        interleaved(routes, 1)  # warm-up: every worker started and its imports done
-        return interleaved(routes, rounds)
+        routes = _pool_routes(pool)
+        interleaved_items(routes, chunks[:2], 1)  # warm-up: every worker started and its imports done
+        return interleaved_items(routes, chunks, rounds)
 
 
 def conversion_part(name: str, title: str, source: Path, paths: list[Path], workers: tuple[int, ...],
@@ -138,7 +136,7 @@ def conversion_part(name: str, title: str, source: Path, paths: list[Path], work
     part = Part(name, title, data={**file_format(paths), "source": str(source), "rounds": rounds,
                                    "identical_to_starter": identical_to_starter(paths)})
     for count in workers:
-        seconds = measure_routes(source, paths, count, rounds)
+        seconds = measure_routes(paths, count, rounds)
         suffix = f"_w{count}"
         for route, measured in seconds.items():
             part.figure(f"{route}{suffix}_ms_per_file", best(measured) / len(paths) * 1e3, "ms/file")
@@ -171,13 +169,7 @@ def run(work: Path, n_files: int, workers: tuple[int, ...], rounds: int, data_di
     parts = [conversion_part("conversion", f"1. conversion, {n_files} real-format spectrograms", source, paths,
                              workers, rounds)]
     if data_dir is not None:
-        # convert_tree reads a folder: link the chosen files into one (convert never writes beside them)
-        chosen = work / "conversion" / "data_dir"
-        chosen.mkdir(parents=True)
-        linked = []
-        for path in data_dir_spectrograms(Path(data_dir), n_files):
-            linked.append(chosen / path.name)
-            linked[-1].symlink_to(path.resolve())
-        parts.append(conversion_part("conversion_data_dir", f"1. conversion, {len(linked)} spectrograms of {data_dir}",
-                                     chosen, linked, workers, rounds))
+        chosen = data_dir_spectrograms(Path(data_dir), n_files)
+        parts.append(conversion_part("conversion_data_dir", f"1. conversion, {len(chosen)} spectrograms of {data_dir}",
+                                     Path(data_dir), chosen, workers, rounds))
     return parts

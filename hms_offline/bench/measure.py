@@ -42,6 +42,32 @@ def interleaved(routes: dict[str, Route], rounds: int) -> dict[str, list[float]]
     return seconds
 
 
+def interleaved_items(routes: dict[str, Callable[[object, Path], object]], items: list,
+                      rounds: int) -> dict[str, list[float]]:
+    """Seconds of each route over all `items` in each round, the routes interleaved per item
+    (the order rotated per item): for routes of milliseconds, noise of seconds (other jobs
+    starting, stopping) then hits every route alike. Each route gets one scratch folder per
+    round, made and removed outside its timing."""
+    seconds = {name: [] for name in routes}
+    names = list(routes)
+    for index in range(rounds):
+        scratch = {name: Path(tempfile.mkdtemp(prefix=f"hms_bench_{name}_")) for name in names}
+        totals = dict.fromkeys(names, 0.0)
+        try:
+            for position, item in enumerate(items):
+                shift = (index + position) % len(names)
+                for name in names[shift:] + names[:shift]:
+                    started = time.perf_counter()
+                    routes[name](item, scratch[name])
+                    totals[name] += time.perf_counter() - started
+        finally:
+            for folder in scratch.values():
+                shutil.rmtree(folder, ignore_errors=True)
+        for name in names:
+            seconds[name].append(totals[name])
+    return seconds
+
+
 def best(seconds: list[float]) -> float:
     """The figure of a route: its fastest round (noise only ever adds time)."""
     return min(seconds)
