@@ -46,11 +46,18 @@ def settings(quick: bool, engines: tuple[str, ...] | None = None, ensembles: tup
 
 def _settings(quick: bool) -> Settings:
     if quick:
-        return Settings(20, (1,), 2, (8, 24), (1,), ("tflite",), 2, (8, 32), "tflite",
-                        64, 16, ("mobilenetv3_large",), 4, 2, 2)
-    workers = tuple(sorted({1, os.cpu_count() or 1}))
-    return Settings(150, workers, 5, (16, 48), (1, 10), ("tflite", "saved_model", "keras"), 2, (500, 5000), "tflite",
-                    512, 32, ("mobilenetv3_large", "efficientnetv2_b2"), 8, 3, 3)
+        return Settings(conversion_files=20, conversion_workers=(1,), conversion_rounds=2,
+                        kernel_sizes=(8, 24), kernel_ensembles=(1,), kernel_engines=("tflite",), kernel_rounds=2,
+                        memory_sizes=(8, 32), memory_engine="tflite",
+                        training_windows=64, training_batch_size=16, training_archs=("mobilenetv3_large",),
+                        training_step_batch=4, training_steps=2, training_rounds=2)
+    return Settings(conversion_files=150, conversion_workers=tuple(sorted({1, os.cpu_count() or 1})),
+                    conversion_rounds=5,
+                    kernel_sizes=(16, 48), kernel_ensembles=(1, 10), kernel_engines=("tflite", "saved_model", "keras"),
+                    kernel_rounds=2, memory_sizes=(500, 5000), memory_engine="tflite",
+                    training_windows=512, training_batch_size=32,
+                    training_archs=("mobilenetv3_large", "efficientnetv2_b2"), training_step_batch=8,
+                    training_steps=3, training_rounds=3)
 
 
 def run_part(name: str, config: Settings, work: Path, cache: Path, data_dir: Path | None) -> list:
