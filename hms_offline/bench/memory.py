@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,16 +57,18 @@ def tree_rss_bytes(pid: int) -> int:
 
 def peak_rss(command: list[str]) -> tuple[int, float]:
     """Run `command`; the peak of its process tree's summed RSS (bytes) and its wall seconds.
-    Raises naming the command and its last output when it fails."""
+    Raises naming the command and its last output when it fails. Its output goes to a file, not
+    a pipe: a pipe nobody reads while it runs would block it once full."""
     started = time.perf_counter()
     peak = 0
-    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as process:
-        while process.poll() is None:
-            peak = max(peak, tree_rss_bytes(process.pid))
-            time.sleep(SAMPLE_SECONDS)
-        error = process.stderr.read()
-    if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(command[:3])} ... exited {process.returncode}: {error[-2000:]}")
+    with tempfile.TemporaryFile("w+", errors="replace") as log:
+        with subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True) as process:
+            while process.poll() is None:
+                peak = max(peak, tree_rss_bytes(process.pid))
+                time.sleep(SAMPLE_SECONDS)
+        if process.returncode != 0:
+            log.seek(0)
+            raise RuntimeError(f"{' '.join(command[:3])} ... exited {process.returncode}: {log.read()[-2000:]}")
     return peak, time.perf_counter() - started
 
 
