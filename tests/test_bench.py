@@ -97,6 +97,9 @@ def test_peak_rss_sums_the_whole_process_tree():
     assert peak > 200 * 2**20 and seconds >= 2
     with pytest.raises(RuntimeError, match="exited 3"):
         memory.peak_rss([sys.executable, "-c", "raise SystemExit(3)"])
+    # A kernel that logs more than a pipe holds (64 KiB) runs to its end (it once blocked on a full pipe).
+    talkative = "import sys; sys.stderr.write('x' * 2**20); print('y' * 2**20)"
+    assert memory.peak_rss([sys.executable, "-c", talkative])[0] > 0
 
 
 @pytest.mark.slow
