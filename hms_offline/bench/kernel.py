@@ -101,8 +101,8 @@ def naive_ensemble(engines: list, files: list[Path], batch_size: int) -> None:
 def kernel_route(data_dir: Path, bundle: Path, engine: str, batch_size: int, loading: list[float]):
     """predict_competition once; the seconds its report gives to loading the models go to `loading`."""
     def route(scratch: Path):
-        report = predict_competition(data_dir, bundle, scratch / "submission.csv", work_dir=scratch / "work",
-                                     batch_size=batch_size, engine=engine)
+        report = predict_competition(data_dir, bundle, scratch / "submission.csv", batch_size=batch_size,
+                                     engine=engine)
         loading.append(report.stage_seconds.get(LOAD_STAGE, 0.0))
     return route
 
