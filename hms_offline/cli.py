@@ -115,6 +115,21 @@ def _ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if not args.verbose:  # the report, not the log of every kernel run it times
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        logging.getLogger("hms_offline").setLevel(logging.WARNING)
+    from hms_offline.bench.run import run_bench
+
+    run_bench(quick=args.quick, json_path=args.json, data_dir=args.data_dir, cache=args.cache,
+              parts=tuple(args.parts.split(",")), engines=args.engines and tuple(args.engines.split(",")),
+              ensembles=args.ensembles and tuple(int(k) for k in args.ensembles.split(",")))
+    return 0
+
+
 def positive_int(text: str) -> int:
     """An argparse type: an integer >= 1."""
     try:
@@ -236,6 +251,26 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble.add_argument("--out", type=Path, required=True,
                           help="where weights_manifest.json, ensemble.json and ensemble.md go (not a run folder)")
     ensemble.set_defaults(handler=_ensemble)
+
+    bench = commands.add_parser(
+        "bench", help="what conversion, the kernel, its memory and training cost on this machine, each beside the "
+                      "route it is compared with, measured side by side (ratios); see README, Benchmark")
+    bench.add_argument("--quick", action="store_true",
+                       help="small N, K = 1, the TFLite engine, few rounds (what the test suite runs)")
+    bench.add_argument("--json", type=Path, default=None, help="write every figure and ratio here")
+    bench.add_argument("--data-dir", type=Path, default=None,
+                       help="a competition folder: also measure conversion of its spectrograms and the kernel on "
+                            "its test set")
+    bench.add_argument("--parts", default="conversion,kernel,memory,training",
+                       help="comma-separated parts to run (default: all four)")
+    bench.add_argument("--engines", default=None,
+                       help="part 2's engines, comma-separated (default: tflite,saved_model,keras; --quick: tflite)")
+    bench.add_argument("--ensembles", default=None,
+                       help="part 2's ensemble sizes K, comma-separated, of 1 and 10 (default: 1,10; --quick: 1)")
+    bench.add_argument("--cache", type=Path, default=None,
+                       help="the bench models' weights and exports (default: $HMS_BENCH_CACHE, else "
+                            "~/.cache/hms_offline/bench)")
+    bench.set_defaults(handler=_bench)
 
     return parser
 

@@ -39,7 +39,7 @@ def test_the_kernel_script_imports_the_standard_library_and_serving_only(graph):
 
 def test_every_folder_of_the_package_has_a_rule(graph):
     folders = {path.parent.name for path in (REPO_ROOT / "hms_offline").glob("*/__init__.py")}
-    assert folders == {"features", "models", "serving", "training", "synthetic", "bundle"}
+    assert folders == {"features", "models", "serving", "training", "synthetic", "bundle", "bench"}
     assert folders <= set(layout.MAY_IMPORT) and set(graph.nodes.values()) <= set(layout.MAY_IMPORT)
 
 

@@ -48,7 +48,7 @@ from hms_offline.serving.submission import (
 
 log = logging.getLogger(__name__)
 
-# Images per model call: within 5 % of the best on CPU from 4 to 16 (README, benchmarks/).
+# Images per model call: within 5 % of the best on CPU from 4 to 16 (README, "Engines: what runs the models").
 DEFAULT_BATCH_SIZE = 16
 
 __all__ = ["DEFAULT_BATCH_SIZE", "NoModelError", "StrictModeError", "default_workers", "predict_competition",
