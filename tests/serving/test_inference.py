@@ -195,6 +195,14 @@ def by_hand_per_engine(synthetic_competition, exported_bundle, exported_expected
     return expected
 
 
+# The same engine on the same image, in the kernel's batches of 5 and by hand one image at a
+# time: oneDNN's convolutions (keras, saved_model) round differently by batch shape and thread
+# split (measured up to 1.6e-6 in a full suite run, 0 alone); XNNPACK (tflite) does not here.
+# The images themselves are checked exactly in
+# test_the_streamed_kernel_shows_each_model_exactly_the_images_of_the_features_functions.
+SAME_ENGINE_TOLERANCE = {"keras": 5e-6, "saved_model": 5e-6, "tflite": 1e-6}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("engine, ran, tolerance", [
     ("keras", "keras", 1e-5), ("saved_model", "saved_model", 1e-5), ("tflite", "tflite", 1e-4), ("auto", "tflite", 1e-4),
@@ -203,7 +211,8 @@ def test_every_engine_predicts_the_ensemble_computed_by_hand(synthetic_competiti
                                                              exported_expected, by_hand_per_engine, engine, ran,
                                                              tolerance):
     """The bundle's exports (made under this TensorFlow) against the Keras models, by hand; and
-    the streamed kernel against the same engine by hand, on the features functions' images (1e-6)."""
+    the streamed kernel against the same engine by hand, on the features functions' images
+    (SAME_ENGINE_TOLERANCE)."""
     output = tmp_path / "submission.csv"
     report = predict_competition(synthetic_competition, exported_bundle, output, batch_size=5, strict=True,
                                  engine=engine)
@@ -216,7 +225,7 @@ def test_every_engine_predicts_the_ensemble_computed_by_hand(synthetic_competiti
     expected = exported_expected
     assert np.ptp(expected, axis=0).max() > 1e-2  # the fixture's models answer each image differently
     np.testing.assert_allclose(values, expected, atol=tolerance)
-    np.testing.assert_allclose(values, by_hand_per_engine(ran), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(values, by_hand_per_engine(ran), rtol=0, atol=SAME_ENGINE_TOLERANCE[ran])
     assert report.rows == len(sample) and report.fallback_rows == []
     assert [model["engine"] for model in report.models] == [ran] * 3
     assert report.views == ["starter_log_standardize", "eeg_bipolar_stft"] and report.eegs == len(sample)
